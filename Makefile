@@ -1,0 +1,59 @@
+# leadflow: `make run` for the local stack, `make test` for every test.
+# Both install and start what they need (the broker, PostgreSQL) and reuse
+# what is already there.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+export KAFKA_BOOTSTRAP_SERVERS
+LEADFLOW_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+export LEADFLOW_TEST_DATABASE_URL
+
+BIN := target/debug/leadflow
+SIM_LEADS ?= 2000
+SIM_DAYS ?= 60
+RUN_ARGS ?=
+
+.PHONY: run test bench build broker broker-stop postgres topics fmt lint clean
+
+build:
+	$(CARGO) build
+
+broker:
+	scripts/broker.sh start
+
+broker-stop:
+	scripts/broker.sh stop
+
+postgres:
+	scripts/postgres.sh
+
+topics: build broker
+	@for i in 1 2 3 4 5; do $(BIN) topics create && exit 0; echo "topics: broker not ready, retrying" >&2; sleep 2; done; exit 1
+
+run: build broker topics
+	$(BIN) migrate
+	$(BIN) simulate --leads $(SIM_LEADS) --days $(SIM_DAYS)
+	@echo
+	@echo "  The processor now consumes the simulated traffic into data/leadflow.db (SQLite)."
+	@echo "  In another terminal, look at the state:"
+	@echo "      $(BIN) leads count"
+	@echo "      $(BIN) leads list --limit 20"
+	@echo "      $(BIN) leads get <lead id from the list>"
+	@echo "      sqlite3 data/leadflow.db 'SELECT stage, COUNT(*) FROM leads GROUP BY stage'"
+	@echo "  Stop it with Ctrl-C (it finishes the batch in hand first)."
+	@echo
+	$(BIN) run $(RUN_ARGS)
+
+test: broker postgres
+	$(CARGO) test --all-targets -- --test-threads 4
+
+fmt:
+	$(CARGO) fmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	rm -rf data

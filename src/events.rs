@@ -1,0 +1,522 @@
+//! The event contracts of SPEC §2. Each struct mirrors one schema in
+//! `schemas/*.avsc` field for field; `tests/codec.rs` proves they round-trip
+//! through those schemas, so the `.avsc` files stay the source of truth.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch (Avro `timestamp-millis`).
+pub type Millis = i64;
+
+pub const MILLIS_PER_DAY: Millis = 86_400_000;
+
+/// Everything leadflow knows how to read from or write to a topic.
+pub trait Record: Serialize + serde::de::DeserializeOwned {
+    /// The Avro record name, without namespace; also the `.avsc` file stem.
+    const NAME: &'static str;
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown {} `{}`, expected one of: {}",
+                        stringify!($name),
+                        other,
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Whether a LeadEvent introduces a lead or changes one.
+    LeadEventKind { Created => "created", Updated => "updated" }
+);
+
+string_enum!(
+    /// Pipeline stages, in the order a deal normally moves through them.
+    Stage {
+        New => "new",
+        Contacted => "contacted",
+        Qualified => "qualified",
+        Proposal => "proposal",
+        Negotiation => "negotiation",
+        ClosedWon => "closed_won",
+        ClosedLost => "closed_lost",
+    }
+);
+
+impl Stage {
+    pub fn is_closed(self) -> bool {
+        matches!(self, Stage::ClosedWon | Stage::ClosedLost)
+    }
+}
+
+string_enum!(
+    InteractionKind {
+        EmailOpen => "email_open",
+        EmailClick => "email_click",
+        EmailReply => "email_reply",
+        SmsReply => "sms_reply",
+        Call => "call",
+        Meeting => "meeting",
+        WebVisit => "web_visit",
+        FormSubmit => "form_submit",
+        ManualContact => "manual_contact",
+        Unsubscribe => "unsubscribe",
+        Bounce => "bounce",
+    }
+);
+
+impl InteractionKind {
+    /// Kinds that mean the lead and the sales team were in touch: they set
+    /// first and last contact time (time to first contact is a model feature).
+    pub fn is_contact(self) -> bool {
+        matches!(
+            self,
+            InteractionKind::EmailReply
+                | InteractionKind::SmsReply
+                | InteractionKind::Call
+                | InteractionKind::Meeting
+                | InteractionKind::ManualContact
+        )
+    }
+}
+
+string_enum!(
+    Segment {
+        Premium => "premium",
+        HighPriority => "high_priority",
+        Standard => "standard",
+        Low => "low",
+    }
+);
+
+string_enum!(Channel { Email => "email", Sms => "sms" });
+
+string_enum!(DeliveryStatus { Sent => "sent", Failed => "failed", Bounced => "bounced" });
+
+string_enum!(
+    ForecastKind {
+        PipelineValue => "pipeline_value",
+        TimeToClose => "time_to_close",
+        LeadGeneration => "lead_generation",
+    }
+);
+
+/// Consent as given upstream; `None` for a channel means "not stated here".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Consent {
+    #[serde(default)]
+    pub email: Option<bool>,
+    #[serde(default)]
+    pub sms: Option<bool>,
+    #[serde(deserialize_with = "timestamp::deserialize")]
+    pub recorded_at: Millis,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadEvent {
+    pub event_id: String,
+    pub lead_ext_id: String,
+    #[serde(default = "default_lead_event_kind")]
+    pub kind: LeadEventKind,
+    #[serde(deserialize_with = "timestamp::deserialize")]
+    pub occurred_at: Millis,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    #[serde(default)]
+    pub company: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub estimated_value: Option<f64>,
+    #[serde(default)]
+    pub probability: Option<f64>,
+    #[serde(default)]
+    pub initial_score: Option<f64>,
+    #[serde(default)]
+    pub consent: Option<Consent>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn default_lead_event_kind() -> LeadEventKind {
+    LeadEventKind::Created
+}
+
+impl Record for LeadEvent {
+    const NAME: &'static str = "LeadEvent";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InteractionEvent {
+    pub event_id: String,
+    pub lead_ext_id: String,
+    #[serde(deserialize_with = "timestamp::deserialize")]
+    pub occurred_at: Millis,
+    pub kind: InteractionKind,
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Record for InteractionEvent {
+    const NAME: &'static str = "InteractionEvent";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageChangeEvent {
+    pub event_id: String,
+    pub lead_ext_id: String,
+    #[serde(deserialize_with = "timestamp::deserialize")]
+    pub occurred_at: Millis,
+    #[serde(default)]
+    pub from_stage: Option<Stage>,
+    pub to_stage: Stage,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub deal_value: Option<f64>,
+}
+
+impl Record for StageChangeEvent {
+    const NAME: &'static str = "StageChangeEvent";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreFactor {
+    pub feature: String,
+    pub contribution: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadScore {
+    pub score_id: String,
+    pub lead_ext_id: String,
+    pub computed_at: Millis,
+    pub initial_score: f64,
+    pub ml_score: Option<f64>,
+    pub ml_conversion_probability: Option<f64>,
+    pub final_score: f64,
+    pub segment: Segment,
+    pub model_version: Option<String>,
+    #[serde(default)]
+    pub top_factors: Vec<ScoreFactor>,
+}
+
+impl Record for LeadScore {
+    const NAME: &'static str = "LeadScore";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundMessage {
+    pub message_id: String,
+    pub lead_ext_id: String,
+    pub channel: Channel,
+    pub to: String,
+    pub template: String,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    pub sequence: String,
+    pub step: i32,
+    #[serde(default)]
+    pub cycle: i32,
+    #[serde(default)]
+    pub variant: Option<String>,
+    pub scheduled_for: Millis,
+    pub created_at: Millis,
+}
+
+impl Record for OutboundMessage {
+    const NAME: &'static str = "OutboundMessage";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    pub event_id: String,
+    pub message_id: String,
+    pub lead_ext_id: String,
+    pub channel: Channel,
+    pub status: DeliveryStatus,
+    #[serde(deserialize_with = "timestamp::deserialize")]
+    pub occurred_at: Millis,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub provider_message_id: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Record for DeliveryEvent {
+    const NAME: &'static str = "DeliveryEvent";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineValueForecast {
+    pub current_pipeline_value: f64,
+    pub forecasted_value: f64,
+    pub conversion_rate: f64,
+    pub avg_deal_value: f64,
+    pub confidence: f64,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeToCloseForecast {
+    pub mean_days: f64,
+    pub median_days: f64,
+    pub lower_days: f64,
+    pub upper_days: f64,
+    pub sample_size: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DailyLeadForecast {
+    pub date: String,
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadGenerationForecast {
+    pub expected_leads: f64,
+    pub lower: f64,
+    pub upper: f64,
+    #[serde(default)]
+    pub daily: Vec<DailyLeadForecast>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForecastEvent {
+    pub forecast_id: String,
+    pub kind: ForecastKind,
+    pub generated_at: Millis,
+    pub horizon_days: i32,
+    pub confidence: f64,
+    #[serde(default)]
+    pub pipeline_value: Option<PipelineValueForecast>,
+    #[serde(default)]
+    pub time_to_close: Option<TimeToCloseForecast>,
+    #[serde(default)]
+    pub lead_generation: Option<LeadGenerationForecast>,
+}
+
+impl Record for ForecastEvent {
+    const NAME: &'static str = "ForecastEvent";
+}
+
+/// The three input streams, in one type so that the core and the replay
+/// file can carry them in a single ordered sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+// Events are moved once into a batch and read in place; boxing the large
+// variant would add an allocation per event for no gain.
+#[allow(clippy::large_enum_variant)]
+pub enum InputEvent {
+    Lead(LeadEvent),
+    Interaction(InteractionEvent),
+    StageChange(StageChangeEvent),
+}
+
+/// Which input topic an event belongs to; the topic names themselves are
+/// configurable (`[topics]`), this is the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputStream {
+    Leads,
+    Interactions,
+    StageChanges,
+}
+
+impl InputStream {
+    pub const ALL: [InputStream; 3] = [
+        InputStream::Leads,
+        InputStream::Interactions,
+        InputStream::StageChanges,
+    ];
+
+    pub fn record_name(self) -> &'static str {
+        match self {
+            InputStream::Leads => LeadEvent::NAME,
+            InputStream::Interactions => InteractionEvent::NAME,
+            InputStream::StageChanges => StageChangeEvent::NAME,
+        }
+    }
+}
+
+impl InputEvent {
+    pub fn stream(&self) -> InputStream {
+        match self {
+            InputEvent::Lead(_) => InputStream::Leads,
+            InputEvent::Interaction(_) => InputStream::Interactions,
+            InputEvent::StageChange(_) => InputStream::StageChanges,
+        }
+    }
+
+    pub fn event_id(&self) -> &str {
+        match self {
+            InputEvent::Lead(e) => &e.event_id,
+            InputEvent::Interaction(e) => &e.event_id,
+            InputEvent::StageChange(e) => &e.event_id,
+        }
+    }
+
+    pub fn lead_ext_id(&self) -> &str {
+        match self {
+            InputEvent::Lead(e) => &e.lead_ext_id,
+            InputEvent::Interaction(e) => &e.lead_ext_id,
+            InputEvent::StageChange(e) => &e.lead_ext_id,
+        }
+    }
+
+    pub fn occurred_at(&self) -> Millis {
+        match self {
+            InputEvent::Lead(e) => e.occurred_at,
+            InputEvent::Interaction(e) => e.occurred_at,
+            InputEvent::StageChange(e) => e.occurred_at,
+        }
+    }
+
+    /// Checks what the schema cannot express. A failure here is permanent:
+    /// the message belongs in the dead-letter topic, not in a retry.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.event_id().trim().is_empty() {
+            return Err("event_id is empty".into());
+        }
+        let id = self.lead_ext_id();
+        if id.trim().is_empty() {
+            return Err("lead_ext_id is empty".into());
+        }
+        if id.len() > 128 {
+            return Err(format!(
+                "lead_ext_id is {} bytes long, at most 128",
+                id.len()
+            ));
+        }
+        if self.occurred_at() < 0 {
+            return Err(format!("occurred_at {} is before 1970", self.occurred_at()));
+        }
+        if let InputEvent::Lead(e) = self {
+            if let Some(p) = e.probability {
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(format!("probability {p} is outside 0..1"));
+                }
+            }
+            if let Some(s) = e.initial_score {
+                if !(0.0..=100.0).contains(&s) {
+                    return Err(format!("initial_score {s} is outside 0..100"));
+                }
+            }
+            if let Some(v) = e.estimated_value {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(format!("estimated_value {v} is negative or not finite"));
+                }
+            }
+        }
+        if let InputEvent::StageChange(e) = self {
+            if let Some(v) = e.deal_value {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(format!("deal_value {v} is negative or not finite"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Timestamps arrive as Avro `timestamp-millis` (an integer) or, in JSON
+/// from upstream systems, either as integer millis or an RFC 3339 string.
+pub mod timestamp {
+    use super::Millis;
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+        d.deserialize_any(MillisVisitor)
+    }
+
+    struct MillisVisitor;
+
+    impl<'de> Visitor<'de> for MillisVisitor {
+        type Value = Millis;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("milliseconds since the epoch or an RFC 3339 timestamp")
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
+            Ok(v)
+        }
+
+        fn visit_i32<E: de::Error>(self, v: i32) -> Result<Millis, E> {
+            Ok(v as i64)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("timestamp {v} is out of range")))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Millis, E> {
+            parse_rfc3339(v).map_err(E::custom)
+        }
+    }
+
+    pub fn parse_rfc3339(v: &str) -> Result<Millis, String> {
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| format!("`{v}` is not an RFC 3339 timestamp: {e}"))
+    }
+
+    pub fn format(millis: Millis) -> String {
+        chrono::DateTime::from_timestamp_millis(millis)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| millis.to_string())
+    }
+}

@@ -1,0 +1,715 @@
+//! The pure core: a lead's rolling state and the function that applies one
+//! input event to it. No I/O, no wall clock: `apply` is a function of
+//! (state, event, clock), which is what makes replay, tests and benchmarks
+//! cheap and a live run equal to a replay.
+//!
+//! The three input topics are co-partitioned but Kafka orders records only
+//! within one topic-partition, so a lead's interactions may be applied before
+//! its LeadEvent. The state is therefore built so that it does not depend on
+//! the interleaving of the three topics: counts are sums, first/last times
+//! are min/max, consent keeps the most recently *recorded* statement per
+//! channel, engagement is an order-independent decayed sum, and a lead first
+//! seen through an interaction or stage change starts as a stub that its
+//! LeadEvent later fills in.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{
+    InputEvent, InteractionEvent, InteractionKind, LeadEvent, LeadEventKind, LeadScore, Millis,
+    Segment, Stage, StageChangeEvent,
+};
+use crate::scoring::{DecayedSum, RuleInputs, ScoringConfig};
+
+/// Consent for one channel: what was said, when and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelConsent {
+    pub granted: bool,
+    pub recorded_at: Millis,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsentState {
+    pub email: Option<ChannelConsent>,
+    pub sms: Option<ChannelConsent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTransition {
+    pub from: Option<Stage>,
+    pub to: Stage,
+    pub at: Millis,
+    pub owner: Option<String>,
+    pub deal_value: Option<f64>,
+    pub event_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct InteractionStats {
+    pub count: u64,
+    pub first_at: Millis,
+    pub last_at: Millis,
+}
+
+/// The last score leadflow published for the lead, to publish only changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSnapshot {
+    pub initial_score: f64,
+    pub final_score: f64,
+    pub segment: Segment,
+    pub computed_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadState {
+    pub lead_ext_id: String,
+    /// When the lead was created upstream; `None` while only interactions or
+    /// stage changes have been seen (a stub waiting for its LeadEvent).
+    pub created_at: Option<Millis>,
+    /// Latest event time applied.
+    pub updated_at: Millis,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub company: Option<String>,
+    pub source: Option<String>,
+    pub owner: Option<String>,
+    /// Event time of the assignment `owner` holds: LeadEvents and stage
+    /// changes both assign owners, and the later assignment wins.
+    pub owner_assigned_at: Millis,
+    pub timezone: Option<String>,
+    pub estimated_value: Option<f64>,
+    pub probability: Option<f64>,
+    /// The upstream initial score, when one was given; the rules apply otherwise.
+    pub provided_initial_score: Option<f64>,
+    pub consent: ConsentState,
+    /// Set by a bounce on the email channel.
+    pub email_bounced_at: Option<Millis>,
+    pub stage: Stage,
+    pub stage_entered_at: Option<Millis>,
+    pub stage_history: Vec<StageTransition>,
+    pub deal_value: Option<f64>,
+    pub first_contact_at: Option<Millis>,
+    pub last_contact_at: Option<Millis>,
+    pub interactions: BTreeMap<InteractionKind, InteractionStats>,
+    pub engagement: DecayedSum,
+    pub attributes: BTreeMap<String, String>,
+    pub score: Option<ScoreSnapshot>,
+    /// Ids of the most recent events applied, newest last, bounded by
+    /// `processor.dedup_window`: a re-delivered event is recognised and skipped.
+    pub recent_event_ids: VecDeque<String>,
+    pub events_applied: u64,
+}
+
+impl LeadState {
+    pub fn new(lead_ext_id: &str) -> Self {
+        LeadState {
+            lead_ext_id: lead_ext_id.to_string(),
+            created_at: None,
+            updated_at: 0,
+            email: None,
+            phone: None,
+            first_name: None,
+            last_name: None,
+            company: None,
+            source: None,
+            owner: None,
+            owner_assigned_at: 0,
+            timezone: None,
+            estimated_value: None,
+            probability: None,
+            provided_initial_score: None,
+            consent: ConsentState::default(),
+            email_bounced_at: None,
+            stage: Stage::New,
+            stage_entered_at: None,
+            stage_history: Vec::new(),
+            deal_value: None,
+            first_contact_at: None,
+            last_contact_at: None,
+            interactions: BTreeMap::new(),
+            engagement: DecayedSum::default(),
+            attributes: BTreeMap::new(),
+            score: None,
+            recent_event_ids: VecDeque::new(),
+            events_applied: 0,
+        }
+    }
+
+    pub fn interaction_count(&self, kind: InteractionKind) -> u64 {
+        self.interactions.get(&kind).map_or(0, |s| s.count)
+    }
+
+    fn has_seen(&self, event_id: &str) -> bool {
+        self.recent_event_ids.iter().any(|id| id == event_id)
+    }
+
+    fn remember(&mut self, event_id: &str, window: usize) {
+        self.recent_event_ids.push_back(event_id.to_string());
+        while self.recent_event_ids.len() > window {
+            self.recent_event_ids.pop_front();
+        }
+    }
+
+    fn assign_owner(&mut self, owner: &Option<String>, at: Millis) {
+        if let Some(owner) = owner {
+            // Equal times fall back to the name, so no arrival order decides.
+            let later = match &self.owner {
+                None => true,
+                Some(current) => (at, owner) > (self.owner_assigned_at, current),
+            };
+            if later {
+                self.owner = Some(owner.clone());
+                self.owner_assigned_at = at;
+            }
+        }
+    }
+
+    fn touch_contact(&mut self, at: Millis) {
+        self.first_contact_at = Some(self.first_contact_at.map_or(at, |t| t.min(at)));
+        self.last_contact_at = Some(self.last_contact_at.map_or(at, |t| t.max(at)));
+    }
+
+    /// The initial score as of `at`: the upstream one, or the rules'.
+    pub fn initial_score(&self, scoring: &ScoringConfig, at: Millis) -> f64 {
+        self.provided_initial_score.unwrap_or_else(|| {
+            scoring.rules.score(
+                &RuleInputs {
+                    source: self.source.as_deref(),
+                    estimated_value: self.estimated_value,
+                    probability: self.probability,
+                    engagement: self.engagement,
+                },
+                at,
+            )
+        })
+    }
+}
+
+/// Everything `apply` needs besides the state and the event.
+pub struct ApplyContext<'a> {
+    pub scoring: &'a ScoringConfig,
+    pub dedup_window: usize,
+    /// The processor's clock: wall time live, event time in a replay. Only
+    /// timers read it; what an event changes is stamped with its own time.
+    pub now: Millis,
+}
+
+/// What the core asks the edges to publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Output {
+    Score(LeadScore),
+}
+
+#[derive(Debug)]
+pub struct Applied {
+    pub state: LeadState,
+    pub outputs: Vec<Output>,
+    /// True when the event had been applied before and changed nothing.
+    pub duplicate: bool,
+}
+
+/// Applies one event to a lead's state (or to nothing, for a new lead).
+pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_>) -> Applied {
+    let mut state = state.unwrap_or_else(|| LeadState::new(event.lead_ext_id()));
+    if state.has_seen(event.event_id()) {
+        return Applied {
+            state,
+            outputs: Vec::new(),
+            duplicate: true,
+        };
+    }
+    match event {
+        InputEvent::Lead(e) => apply_lead(&mut state, e),
+        InputEvent::Interaction(e) => apply_interaction(&mut state, e, ctx.scoring),
+        InputEvent::StageChange(e) => apply_stage_change(&mut state, e),
+    }
+    state.updated_at = state.updated_at.max(event.occurred_at());
+    state.remember(event.event_id(), ctx.dedup_window);
+    state.events_applied += 1;
+
+    let outputs = rescore(&mut state, event, ctx.scoring)
+        .into_iter()
+        .collect();
+    Applied {
+        state,
+        outputs,
+        duplicate: false,
+    }
+}
+
+fn apply_lead(state: &mut LeadState, e: &LeadEvent) {
+    if e.kind == LeadEventKind::Created {
+        state.created_at = Some(
+            state
+                .created_at
+                .map_or(e.occurred_at, |t| t.min(e.occurred_at)),
+        );
+    }
+    let set = |field: &mut Option<String>, value: &Option<String>| {
+        if let Some(v) = value {
+            *field = Some(v.clone());
+        }
+    };
+    set(&mut state.email, &e.email);
+    set(&mut state.phone, &e.phone);
+    set(&mut state.first_name, &e.first_name);
+    set(&mut state.last_name, &e.last_name);
+    set(&mut state.company, &e.company);
+    set(&mut state.source, &e.source);
+    state.assign_owner(&e.owner, e.occurred_at);
+    set(&mut state.timezone, &e.timezone);
+    if e.estimated_value.is_some() {
+        state.estimated_value = e.estimated_value;
+    }
+    if e.probability.is_some() {
+        state.probability = e.probability;
+    }
+    if e.initial_score.is_some() {
+        state.provided_initial_score = e.initial_score;
+    }
+    if let Some(consent) = &e.consent {
+        let record = |granted: bool| ChannelConsent {
+            granted,
+            recorded_at: consent.recorded_at,
+            source: consent.source.clone(),
+        };
+        if let Some(granted) = consent.email {
+            record_consent(&mut state.consent.email, record(granted));
+        }
+        if let Some(granted) = consent.sms {
+            record_consent(&mut state.consent.sms, record(granted));
+        }
+    }
+    for (k, v) in &e.attributes {
+        state.attributes.insert(k.clone(), v.clone());
+    }
+}
+
+/// The most recently recorded statement wins, whichever arrives first; a tie
+/// goes to a withdrawal, so an unsubscribe is never undone by a same-instant grant.
+fn record_consent(slot: &mut Option<ChannelConsent>, new: ChannelConsent) {
+    let replace = match slot {
+        None => true,
+        Some(old) => {
+            new.recorded_at > old.recorded_at
+                || (new.recorded_at == old.recorded_at && !new.granted)
+        }
+    };
+    if replace {
+        *slot = Some(new);
+    }
+}
+
+/// The channel an unsubscribe or bounce refers to; email when unnamed,
+/// since that is where unsubscribe links and bounces come from.
+fn affected_channel(e: &InteractionEvent) -> &str {
+    match e.channel.as_deref() {
+        Some("sms") => "sms",
+        _ => "email",
+    }
+}
+
+fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, scoring: &ScoringConfig) {
+    let stats = state
+        .interactions
+        .entry(e.kind)
+        .or_insert(InteractionStats {
+            count: 0,
+            first_at: e.occurred_at,
+            last_at: e.occurred_at,
+        });
+    stats.count += 1;
+    stats.first_at = stats.first_at.min(e.occurred_at);
+    stats.last_at = stats.last_at.max(e.occurred_at);
+    state.engagement.add(
+        scoring.rules.interaction_weight(e.kind),
+        e.occurred_at,
+        scoring.rules.engagement_half_life_days,
+    );
+    if e.kind.is_contact() {
+        state.touch_contact(e.occurred_at);
+    }
+    match e.kind {
+        InteractionKind::Unsubscribe => {
+            let withdrawn = ChannelConsent {
+                granted: false,
+                recorded_at: e.occurred_at,
+                source: format!("unsubscribe:{}", e.event_id),
+            };
+            match affected_channel(e) {
+                "sms" => record_consent(&mut state.consent.sms, withdrawn),
+                _ => record_consent(&mut state.consent.email, withdrawn),
+            }
+        }
+        InteractionKind::Bounce if affected_channel(e) == "email" => {
+            state.email_bounced_at = Some(
+                state
+                    .email_bounced_at
+                    .map_or(e.occurred_at, |t| t.min(e.occurred_at)),
+            );
+        }
+        _ => {}
+    }
+}
+
+fn apply_stage_change(state: &mut LeadState, e: &StageChangeEvent) {
+    state.stage_history.push(StageTransition {
+        from: e.from_stage,
+        to: e.to_stage,
+        at: e.occurred_at,
+        owner: e.owner.clone(),
+        deal_value: e.deal_value,
+        event_id: e.event_id.clone(),
+    });
+    state.stage = e.to_stage;
+    state.stage_entered_at = Some(e.occurred_at);
+    state.assign_owner(&e.owner, e.occurred_at);
+    if e.deal_value.is_some() {
+        state.deal_value = e.deal_value;
+    }
+    if e.to_stage == Stage::Contacted {
+        state.touch_contact(e.occurred_at);
+    }
+}
+
+/// Recomputes the score as of the event's time and returns a LeadScore when
+/// it moved (by a hundredth or more) or changed segment.
+fn rescore(state: &mut LeadState, event: &InputEvent, scoring: &ScoringConfig) -> Option<Output> {
+    let at = event.occurred_at().max(state.updated_at);
+    let initial = state.initial_score(scoring, at);
+    let final_score = initial;
+    let segment = scoring.segments.segment(final_score);
+    let changed = match &state.score {
+        None => true,
+        Some(s) => (s.final_score - final_score).abs() >= 0.01 || s.segment != segment,
+    };
+    if !changed {
+        return None;
+    }
+    state.score = Some(ScoreSnapshot {
+        initial_score: initial,
+        final_score,
+        segment,
+        computed_at: at,
+    });
+    Some(Output::Score(LeadScore {
+        score_id: output_id(&state.lead_ext_id, "score", event.event_id()),
+        lead_ext_id: state.lead_ext_id.clone(),
+        computed_at: at,
+        initial_score: initial,
+        ml_score: None,
+        ml_conversion_probability: None,
+        final_score,
+        segment,
+        model_version: None,
+        top_factors: Vec::new(),
+    }))
+}
+
+/// A deterministic id (UUID v5) for something the core emits, so that a
+/// re-emission after a crash or in a replay carries the same id.
+pub fn output_id(lead_ext_id: &str, kind: &str, cause: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c65_6164_666c_6f77_0000_0000_0000_0001);
+    uuid::Uuid::new_v5(
+        &NAMESPACE,
+        format!("{lead_ext_id}\u{1f}{kind}\u{1f}{cause}").as_bytes(),
+    )
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Consent, MILLIS_PER_DAY};
+
+    const T0: Millis = 1_767_225_600_000;
+
+    fn ctx(scoring: &ScoringConfig) -> ApplyContext<'_> {
+        ApplyContext {
+            scoring,
+            dedup_window: 64,
+            now: T0,
+        }
+    }
+
+    fn created(id: &str, at: Millis) -> InputEvent {
+        InputEvent::Lead(LeadEvent {
+            event_id: format!("{id}-created"),
+            lead_ext_id: id.into(),
+            kind: LeadEventKind::Created,
+            occurred_at: at,
+            email: Some("ana@example.com".into()),
+            phone: None,
+            first_name: Some("Ana".into()),
+            last_name: None,
+            company: Some("Faro Labs".into()),
+            source: Some("referral".into()),
+            owner: Some("rep-02".into()),
+            estimated_value: Some(30_000.0),
+            probability: Some(0.4),
+            initial_score: None,
+            consent: Some(Consent {
+                email: Some(true),
+                sms: Some(true),
+                recorded_at: at,
+                source: "form".into(),
+            }),
+            timezone: Some("Europe/Madrid".into()),
+            attributes: BTreeMap::from([("industry".into(), "software".into())]),
+        })
+    }
+
+    fn interaction(
+        id: &str,
+        n: u32,
+        kind: InteractionKind,
+        at: Millis,
+        channel: &str,
+    ) -> InputEvent {
+        InputEvent::Interaction(InteractionEvent {
+            event_id: format!("{id}-i{n}"),
+            lead_ext_id: id.into(),
+            occurred_at: at,
+            kind,
+            channel: Some(channel.into()),
+            actor: None,
+            attributes: BTreeMap::new(),
+        })
+    }
+
+    fn stage(id: &str, n: u32, from: Stage, to: Stage, at: Millis) -> InputEvent {
+        InputEvent::StageChange(StageChangeEvent {
+            event_id: format!("{id}-s{n}"),
+            lead_ext_id: id.into(),
+            occurred_at: at,
+            from_stage: Some(from),
+            to_stage: to,
+            owner: Some("rep-05".into()),
+            deal_value: (to == Stage::ClosedWon).then_some(28_000.0),
+        })
+    }
+
+    fn apply_all(events: &[InputEvent], scoring: &ScoringConfig) -> LeadState {
+        let mut state = None;
+        for e in events {
+            state = Some(apply(state, e, &ctx(scoring)).state);
+        }
+        state.unwrap()
+    }
+
+    /// The fields that must not depend on how the three topics interleave.
+    fn topic_order_independent(s: &LeadState) -> impl PartialEq + std::fmt::Debug {
+        (
+            (
+                s.created_at,
+                s.updated_at,
+                s.email.clone(),
+                s.source.clone(),
+                s.stage,
+                s.stage_entered_at,
+            ),
+            (
+                s.stage_history.clone(),
+                s.first_contact_at,
+                s.last_contact_at,
+                s.interactions.clone(),
+            ),
+            (
+                s.consent.clone(),
+                s.email_bounced_at,
+                s.attributes.clone(),
+                s.events_applied,
+            ),
+            ((s.engagement.value_at(T0 + 30 * MILLIS_PER_DAY, 14.0) * 1e9).round()),
+            s.owner.clone(),
+        )
+    }
+
+    #[test]
+    fn state_does_not_depend_on_how_topics_interleave() {
+        let scoring = ScoringConfig::default();
+        let id = "REF-1";
+        let leads = vec![created(id, T0)];
+        let interactions = vec![
+            interaction(id, 1, InteractionKind::EmailOpen, T0 + 3_600_000, "email"),
+            interaction(id, 2, InteractionKind::Call, T0 + MILLIS_PER_DAY, "phone"),
+            interaction(
+                id,
+                3,
+                InteractionKind::EmailReply,
+                T0 + 2 * MILLIS_PER_DAY,
+                "email",
+            ),
+            interaction(
+                id,
+                4,
+                InteractionKind::Unsubscribe,
+                T0 + 3 * MILLIS_PER_DAY,
+                "sms",
+            ),
+        ];
+        let stages = vec![
+            stage(
+                id,
+                1,
+                Stage::New,
+                Stage::Contacted,
+                T0 + MILLIS_PER_DAY + 60_000,
+            ),
+            stage(
+                id,
+                2,
+                Stage::Contacted,
+                Stage::Qualified,
+                T0 + 5 * MILLIS_PER_DAY,
+            ),
+        ];
+        // Per-topic order is kept; the topics are concatenated in every order.
+        let orders: [[&Vec<InputEvent>; 3]; 3] = [
+            [&leads, &interactions, &stages],
+            [&stages, &interactions, &leads],
+            [&interactions, &stages, &leads],
+        ];
+        let results: Vec<LeadState> = orders
+            .iter()
+            .map(|o| {
+                apply_all(
+                    &o.iter().flat_map(|v| v.iter().cloned()).collect::<Vec<_>>(),
+                    &scoring,
+                )
+            })
+            .collect();
+        for r in &results[1..] {
+            assert_eq!(
+                topic_order_independent(r),
+                topic_order_independent(&results[0])
+            );
+        }
+        let s = &results[0];
+        assert_eq!(s.created_at, Some(T0));
+        assert_eq!(s.stage, Stage::Qualified);
+        assert_eq!(s.first_contact_at, Some(T0 + MILLIS_PER_DAY));
+        assert_eq!(s.last_contact_at, Some(T0 + 2 * MILLIS_PER_DAY));
+        assert_eq!(s.consent.sms.as_ref().map(|c| c.granted), Some(false));
+        assert_eq!(s.consent.email.as_ref().map(|c| c.granted), Some(true));
+        assert_eq!(
+            s.owner.as_deref(),
+            Some("rep-05"),
+            "stage changes carry the current owner"
+        );
+    }
+
+    #[test]
+    fn a_redelivered_event_changes_nothing() {
+        let scoring = ScoringConfig::default();
+        let e = interaction("W-1", 1, InteractionKind::Meeting, T0, "in_person");
+        let first = apply(None, &e, &ctx(&scoring));
+        assert!(!first.duplicate);
+        let again = apply(Some(first.state.clone()), &e, &ctx(&scoring));
+        assert!(again.duplicate);
+        assert!(again.outputs.is_empty());
+        assert_eq!(again.state, first.state);
+        assert_eq!(again.state.interaction_count(InteractionKind::Meeting), 1);
+    }
+
+    #[test]
+    fn the_dedup_window_is_bounded() {
+        let scoring = ScoringConfig::default();
+        let small = ApplyContext {
+            scoring: &scoring,
+            dedup_window: 3,
+            now: T0,
+        };
+        let mut state = None;
+        for n in 0..10 {
+            let e = interaction("W-2", n, InteractionKind::WebVisit, T0 + n as Millis, "web");
+            state = Some(apply(state, &e, &small).state);
+        }
+        let state = state.unwrap();
+        assert_eq!(
+            Vec::from(state.recent_event_ids.clone()),
+            ["W-2-i7", "W-2-i8", "W-2-i9"]
+        );
+    }
+
+    #[test]
+    fn consent_keeps_the_latest_statement_and_a_tie_goes_to_withdrawal() {
+        let scoring = ScoringConfig::default();
+        let id = "W-3";
+        let unsubscribe = interaction(id, 1, InteractionKind::Unsubscribe, T0 + 10, "email");
+        let mut regrant = created(id, T0 + 10);
+        if let InputEvent::Lead(e) = &mut regrant {
+            e.event_id = "regrant".into();
+            e.kind = LeadEventKind::Updated;
+        }
+        // Same instant: the withdrawal wins, in either order.
+        for events in [
+            [unsubscribe.clone(), regrant.clone()],
+            [regrant.clone(), unsubscribe.clone()],
+        ] {
+            let s = apply_all(&events, &scoring);
+            let email = s.consent.email.unwrap();
+            assert!(!email.granted);
+            assert_eq!(email.source, "unsubscribe:W-3-i1");
+        }
+        // A later grant (the lead re-subscribed) wins over an older withdrawal.
+        let mut later = regrant.clone();
+        if let InputEvent::Lead(e) = &mut later {
+            e.consent.as_mut().unwrap().recorded_at = T0 + 99;
+        }
+        let s = apply_all(&[unsubscribe, later], &scoring);
+        assert!(s.consent.email.unwrap().granted);
+    }
+
+    #[test]
+    fn rule_score_is_computed_when_upstream_gives_none_and_published_on_change() {
+        let scoring = ScoringConfig::default();
+        let first = apply(None, &created("R-1", T0), &ctx(&scoring));
+        // 10 base + 20 referral + 10 (30k band) + 0.4 × 15 = 46, no engagement yet.
+        let Output::Score(score) = &first.outputs[0];
+        assert_eq!(score.initial_score, 46.0);
+        assert_eq!(score.final_score, 46.0);
+        assert_eq!(score.segment, Segment::Standard);
+        assert_eq!(score.model_version, None);
+        let meeting = interaction("R-1", 1, InteractionKind::Meeting, T0, "in_person");
+        let second = apply(Some(first.state), &meeting, &ctx(&scoring));
+        let Output::Score(score) = &second.outputs[0];
+        assert_eq!(score.final_score, 58.0);
+        assert_eq!(score.segment, Segment::HighPriority);
+        assert_eq!(score.score_id, output_id("R-1", "score", "R-1-i1"));
+        // An interaction worth nothing changes no score, so nothing is published.
+        let mut zero = ScoringConfig::default();
+        zero.rules
+            .interaction_weights
+            .insert("web_visit".into(), 0.0);
+        let visit = interaction("R-1", 2, InteractionKind::WebVisit, T0, "web");
+        assert!(apply(Some(second.state), &visit, &ctx(&zero))
+            .outputs
+            .is_empty());
+    }
+
+    #[test]
+    fn an_upstream_initial_score_is_kept() {
+        let scoring = ScoringConfig::default();
+        let mut e = created("U-1", T0);
+        if let InputEvent::Lead(l) = &mut e {
+            l.initial_score = Some(88.0);
+        }
+        let applied = apply(None, &e, &ctx(&scoring));
+        let Output::Score(score) = &applied.outputs[0];
+        assert_eq!(score.initial_score, 88.0);
+        assert_eq!(score.segment, Segment::Premium);
+    }
+
+    #[test]
+    fn output_ids_are_deterministic_and_distinct() {
+        assert_eq!(output_id("A", "score", "e1"), output_id("A", "score", "e1"));
+        assert_ne!(output_id("A", "score", "e1"), output_id("A", "score", "e2"));
+        assert_ne!(output_id("A", "score", "e1"), output_id("B", "score", "e1"));
+    }
+}

@@ -1,0 +1,407 @@
+//! The lead state store: one trait, two implementations on sqlx.
+//!
+//! PostgreSQL is the production store, SQLite the embedded default. Both run
+//! the same SQL (generated from one macro body below, so they cannot drift);
+//! only the migrations differ, by column types. `tests/store.rs` runs one
+//! generic suite against both.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::lead::LeadState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored state of lead {lead} does not decode: {reason}")]
+    Corrupt { lead: String, reason: String },
+    #[error("database url `{url}`: {reason}")]
+    Url { url: String, reason: String },
+}
+
+impl StoreError {
+    /// Worth retrying: the database is down, restarting, overloaded or busy.
+    /// Anything else is a defect and must stop the processor.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    let code = db.code().unwrap_or_default();
+                    // PostgreSQL: connection exceptions (08), serialization
+                    // failure and deadlock (40), insufficient resources (53),
+                    // operator intervention such as a restart (57).
+                    // SQLite: BUSY (5) and LOCKED (6), with extended codes.
+                    ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c))
+                        || matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5) | Ok(6))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The next offset to consume for one input partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// What one processed batch changes, written in one transaction.
+#[derive(Debug, Default)]
+pub struct BatchWrite<'a> {
+    pub consumer_group: &'a str,
+    pub leads: Vec<&'a LeadState>,
+    pub offsets: Vec<PartitionOffset>,
+}
+
+/// A row of the lead list: the indexed columns, not the whole state.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LeadSummary {
+    pub lead_ext_id: String,
+    pub stage: String,
+    pub owner: Option<String>,
+    pub source: Option<String>,
+    pub segment: Option<String>,
+    pub final_score: Option<f64>,
+    pub updated_at: i64,
+}
+
+pub trait LeadStore: Send + Sync {
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The states of those of `ids` that exist.
+    fn load_leads(
+        &self,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, LeadState>, StoreError>> + Send;
+
+    fn get_lead(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<LeadState>, StoreError>> + Send;
+
+    /// Writes the leads and offsets of a batch atomically: all or nothing.
+    fn commit_batch(
+        &self,
+        batch: &BatchWrite<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn partition_offsets(
+        &self,
+        consumer_group: &str,
+    ) -> impl Future<Output = Result<Vec<PartitionOffset>, StoreError>> + Send;
+
+    fn lead_count(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Leads ordered by id, `limit` from `after` (exclusive; "" for the start).
+    fn list_leads(
+        &self,
+        after: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LeadSummary>, StoreError>> + Send;
+}
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let url_error = |reason: String| StoreError::Url {
+            url: url.to_string(),
+            reason,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| url_error(e.to_string()))?
+            .create_if_missing(true)
+            // WAL with synchronous=NORMAL survives a process crash (what the
+            // processor's guarantees are about); only an OS crash or power
+            // loss can lose the last transactions. Use PostgreSQL for more.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let path = options.get_filename();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !Path::new(dir).exists() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| url_error(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn decode_state(lead: &str, json: &str) -> Result<LeadState, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        lead: lead.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_state(state: &LeadState) -> String {
+    serde_json::to_string(state).expect("LeadState is plain data and always serializes")
+}
+
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const UPSERT_LEAD: &str = "INSERT INTO leads
+    (lead_ext_id, state, email, source, owner, stage, stage_entered_at, segment, final_score, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    ON CONFLICT (lead_ext_id) DO UPDATE SET
+        state = excluded.state, email = excluded.email, source = excluded.source,
+        owner = excluded.owner, stage = excluded.stage, stage_entered_at = excluded.stage_entered_at,
+        segment = excluded.segment, final_score = excluded.final_score,
+        created_at = excluded.created_at, updated_at = excluded.updated_at";
+
+const UPSERT_OFFSET: &str = "INSERT INTO partition_offsets (consumer_group, topic, partition_id, next_offset)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset";
+
+/// Rows fetched per `IN (...)` query; well under SQLite's variable limit.
+const LOAD_CHUNK: usize = 500;
+
+macro_rules! impl_sql_store {
+    ($store:ty, $migrations:literal) => {
+        impl LeadStore for $store {
+            async fn migrate(&self) -> Result<(), StoreError> {
+                sqlx::migrate!($migrations).run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn load_leads(
+                &self,
+                ids: &[&str],
+            ) -> Result<HashMap<String, LeadState>, StoreError> {
+                let mut out = HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(LOAD_CHUNK) {
+                    let sql = format!(
+                        "SELECT lead_ext_id, state FROM leads WHERE lead_ext_id IN ({})",
+                        placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    for (id, json) in query.fetch_all(&self.pool).await? {
+                        let state = decode_state(&id, &json)?;
+                        out.insert(id, state);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn get_lead(&self, id: &str) -> Result<Option<LeadState>, StoreError> {
+                let row: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM leads WHERE lead_ext_id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(|json| decode_state(id, &json)).transpose()
+            }
+
+            async fn commit_batch(&self, batch: &BatchWrite<'_>) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                for lead in &batch.leads {
+                    sqlx::query(UPSERT_LEAD)
+                        .bind(&lead.lead_ext_id)
+                        .bind(encode_state(lead))
+                        .bind(&lead.email)
+                        .bind(&lead.source)
+                        .bind(&lead.owner)
+                        .bind(lead.stage.as_str())
+                        .bind(lead.stage_entered_at)
+                        .bind(lead.score.as_ref().map(|s| s.segment.as_str()))
+                        .bind(lead.score.as_ref().map(|s| s.final_score))
+                        .bind(lead.created_at)
+                        .bind(lead.updated_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for offset in &batch.offsets {
+                    sqlx::query(UPSERT_OFFSET)
+                        .bind(batch.consumer_group)
+                        .bind(&offset.topic)
+                        .bind(offset.partition)
+                        .bind(offset.next_offset)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn partition_offsets(
+                &self,
+                consumer_group: &str,
+            ) -> Result<Vec<PartitionOffset>, StoreError> {
+                let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+                    "SELECT topic, partition_id, next_offset FROM partition_offsets
+                     WHERE consumer_group = $1 ORDER BY topic, partition_id",
+                )
+                .bind(consumer_group)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(topic, partition, next_offset)| PartitionOffset {
+                        topic,
+                        partition,
+                        next_offset,
+                    })
+                    .collect())
+            }
+
+            async fn lead_count(&self) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM leads")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn list_leads(
+                &self,
+                after: &str,
+                limit: i64,
+            ) -> Result<Vec<LeadSummary>, StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT lead_ext_id, stage, owner, source, segment, final_score, updated_at
+                     FROM leads WHERE lead_ext_id > $1 ORDER BY lead_ext_id LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+
+impl_sql_store!(PgStore, "./migrations/postgres");
+impl_sql_store!(SqliteStore, "./migrations/sqlite");
+
+/// The store chosen by `database.url` at start-up.
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(
+                PgStore::connect(url, max_connections).await?,
+            ))
+        } else if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(
+                SqliteStore::connect(url, max_connections).await?,
+            ))
+        } else {
+            Err(StoreError::Url {
+                url: url.to_string(),
+                reason: "expected sqlite://... or postgres://...".into(),
+            })
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Postgres($store) => $call.await,
+            Store::Sqlite($store) => $call.await,
+        }
+    };
+}
+
+impl LeadStore for Store {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.migrate())
+    }
+
+    async fn load_leads(&self, ids: &[&str]) -> Result<HashMap<String, LeadState>, StoreError> {
+        delegate!(self, s => s.load_leads(ids))
+    }
+
+    async fn get_lead(&self, id: &str) -> Result<Option<LeadState>, StoreError> {
+        delegate!(self, s => s.get_lead(id))
+    }
+
+    async fn commit_batch(&self, batch: &BatchWrite<'_>) -> Result<(), StoreError> {
+        delegate!(self, s => s.commit_batch(batch))
+    }
+
+    async fn partition_offsets(
+        &self,
+        consumer_group: &str,
+    ) -> Result<Vec<PartitionOffset>, StoreError> {
+        delegate!(self, s => s.partition_offsets(consumer_group))
+    }
+
+    async fn lead_count(&self) -> Result<i64, StoreError> {
+        delegate!(self, s => s.lead_count())
+    }
+
+    async fn list_leads(&self, after: &str, limit: i64) -> Result<Vec<LeadSummary>, StoreError> {
+        delegate!(self, s => s.list_leads(after, limit))
+    }
+}

@@ -1,0 +1,586 @@
+//! The schemas in `schemas/` are the source of truth: every Rust type
+//! round-trips through its schema in every wire format, its fields are
+//! exactly the schema's, and a reader of today's schema reads what an older
+//! producer wrote. The Confluent path runs against a local HTTP server that
+//! speaks the Schema Registry's REST API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use leadflow::codec::{
+    fingerprint, Codec, CodecError, RegistryClient, CURRENT_SCHEMAS, HISTORICAL_SCHEMAS,
+};
+use leadflow::events::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+fn lead_event(full: bool) -> LeadEvent {
+    LeadEvent {
+        event_id: "ev-1".into(),
+        lead_ext_id: "WEB-ABC123".into(),
+        kind: LeadEventKind::Created,
+        occurred_at: 1_767_225_600_123,
+        email: full.then(|| "juan@example.com".into()),
+        phone: full.then(|| "+34612345678".into()),
+        first_name: full.then(|| "Juan".into()),
+        last_name: full.then(|| "García".into()),
+        company: full.then(|| "Mi Empresa".into()),
+        source: full.then(|| "web".into()),
+        owner: full.then(|| "rep-01".into()),
+        estimated_value: full.then_some(50_000.0),
+        probability: full.then_some(0.25),
+        initial_score: full.then_some(72.5),
+        consent: full.then(|| Consent {
+            email: Some(true),
+            sms: None,
+            recorded_at: 1_767_225_600_000,
+            source: "web_form:pricing".into(),
+        }),
+        timezone: full.then(|| "Europe/Madrid".into()),
+        attributes: if full {
+            BTreeMap::from([("industry".into(), "software".into())])
+        } else {
+            BTreeMap::new()
+        },
+    }
+}
+
+fn interaction() -> InteractionEvent {
+    InteractionEvent {
+        event_id: "ev-2".into(),
+        lead_ext_id: "WEB-ABC123".into(),
+        occurred_at: 1_767_225_700_000,
+        kind: InteractionKind::EmailReply,
+        channel: Some("email".into()),
+        actor: Some("lead".into()),
+        attributes: BTreeMap::from([("campaign".into(), "spring".into())]),
+    }
+}
+
+fn stage_change() -> StageChangeEvent {
+    StageChangeEvent {
+        event_id: "ev-3".into(),
+        lead_ext_id: "WEB-ABC123".into(),
+        occurred_at: 1_767_225_800_000,
+        from_stage: Some(Stage::Negotiation),
+        to_stage: Stage::ClosedWon,
+        owner: Some("rep-01".into()),
+        deal_value: Some(48_000.0),
+    }
+}
+
+fn lead_score() -> LeadScore {
+    LeadScore {
+        score_id: "s-1".into(),
+        lead_ext_id: "WEB-ABC123".into(),
+        computed_at: 1_767_225_900_000,
+        initial_score: 60.0,
+        ml_score: Some(81.2),
+        ml_conversion_probability: Some(0.812),
+        final_score: 70.6,
+        segment: Segment::HighPriority,
+        model_version: Some("gb-3".into()),
+        top_factors: vec![ScoreFactor {
+            feature: "engagement.email_reply".into(),
+            contribution: 0.4,
+        }],
+    }
+}
+
+fn outbound() -> OutboundMessage {
+    OutboundMessage {
+        message_id: "m-1".into(),
+        lead_ext_id: "WEB-ABC123".into(),
+        channel: Channel::Sms,
+        to: "+34612345678".into(),
+        template: "high_priority_followup".into(),
+        data: BTreeMap::from([("first_name".into(), "Juan".into())]),
+        sequence: "high_priority".into(),
+        step: 3,
+        cycle: 1,
+        variant: Some("B".into()),
+        scheduled_for: 1_767_312_000_000,
+        created_at: 1_767_225_600_000,
+    }
+}
+
+fn delivery() -> DeliveryEvent {
+    DeliveryEvent {
+        event_id: "d-1".into(),
+        message_id: "m-1".into(),
+        lead_ext_id: "WEB-ABC123".into(),
+        channel: Channel::Email,
+        status: DeliveryStatus::Bounced,
+        occurred_at: 1_767_312_000_500,
+        provider: Some("sendgrid".into()),
+        provider_message_id: None,
+        reason: Some("mailbox does not exist".into()),
+    }
+}
+
+fn forecast() -> ForecastEvent {
+    ForecastEvent {
+        forecast_id: "f-1".into(),
+        kind: ForecastKind::LeadGeneration,
+        generated_at: 1_767_225_600_000,
+        horizon_days: 7,
+        confidence: 0.8,
+        pipeline_value: Some(PipelineValueForecast {
+            current_pipeline_value: 500_000.0,
+            forecasted_value: 350_000.0,
+            conversion_rate: 0.25,
+            avg_deal_value: 50_000.0,
+            confidence: 0.8,
+            lower: 300_000.0,
+            upper: 400_000.0,
+        }),
+        time_to_close: Some(TimeToCloseForecast {
+            mean_days: 21.5,
+            median_days: 18.0,
+            lower_days: 7.0,
+            upper_days: 45.0,
+            sample_size: 120,
+        }),
+        lead_generation: Some(LeadGenerationForecast {
+            expected_leads: 70.0,
+            lower: 55.0,
+            upper: 85.0,
+            daily: vec![DailyLeadForecast {
+                date: "2026-01-02".into(),
+                expected: 10.0,
+                lower: 7.0,
+                upper: 13.0,
+            }],
+        }),
+    }
+}
+
+/// Field names of the record schema, recursively as `record.field` paths.
+fn schema_fields(schema: &Schema, prefix: &str, out: &mut BTreeSet<String>) {
+    match schema {
+        Schema::Record(r) => {
+            for f in &r.fields {
+                let path = format!("{prefix}{}", f.name);
+                out.insert(path.clone());
+                schema_fields(&f.schema, &format!("{path}."), out);
+            }
+        }
+        Schema::Union(u) => {
+            for v in u.variants() {
+                schema_fields(v, prefix, out);
+            }
+        }
+        Schema::Array(a) => schema_fields(&a.items, prefix, out),
+        _ => {}
+    }
+}
+
+/// Field names of a serialized value, recursively, the same way.
+fn value_fields(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let path = format!("{prefix}{k}");
+                out.insert(path.clone());
+                // Avro maps (attributes, data) have free-form keys, not fields.
+                if !matches!(k.as_str(), "attributes" | "data") {
+                    value_fields(v, &format!("{path}."), out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(first) = items.first() {
+                value_fields(first, prefix, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn assert_fields_match<T: Record>(value: &T) {
+    let (_, text) = CURRENT_SCHEMAS
+        .iter()
+        .find(|(n, _)| *n == T::NAME)
+        .expect("schema file");
+    let schema = Schema::parse_str(text).unwrap();
+    let mut expected = BTreeSet::new();
+    schema_fields(&schema, "", &mut expected);
+    let mut actual = BTreeSet::new();
+    value_fields(&serde_json::to_value(value).unwrap(), "", &mut actual);
+    assert_eq!(
+        actual,
+        expected,
+        "{}: Rust fields differ from schemas/{}.avsc",
+        T::NAME,
+        T::NAME
+    );
+}
+
+async fn round_trip<T: Record + PartialEq + std::fmt::Debug>(codec: &Codec, value: &T) {
+    let single = codec.encode_single_object(value).unwrap();
+    assert_eq!(&single[..2], &[0xC3, 0x01]);
+    assert_eq!(
+        codec.decode::<T>(&single).await.unwrap(),
+        *value,
+        "{} single-object",
+        T::NAME
+    );
+    let json = Codec::encode_json(value).unwrap();
+    assert_eq!(
+        codec.decode::<T>(&json).await.unwrap(),
+        *value,
+        "{} JSON",
+        T::NAME
+    );
+}
+
+#[tokio::test]
+async fn every_record_round_trips_and_matches_its_schema() {
+    let codec = Codec::new(None);
+    round_trip(&codec, &lead_event(true)).await;
+    round_trip(&codec, &lead_event(false)).await;
+    round_trip(&codec, &interaction()).await;
+    round_trip(&codec, &stage_change()).await;
+    round_trip(&codec, &lead_score()).await;
+    round_trip(&codec, &outbound()).await;
+    round_trip(&codec, &delivery()).await;
+    round_trip(&codec, &forecast()).await;
+    assert_fields_match(&lead_event(true));
+    assert_fields_match(&interaction());
+    assert_fields_match(&stage_change());
+    assert_fields_match(&lead_score());
+    assert_fields_match(&outbound());
+    assert_fields_match(&delivery());
+    assert_fields_match(&forecast());
+    // Every schema file is covered above.
+    assert_eq!(CURRENT_SCHEMAS.len(), leadflow::codec::record_names().len());
+}
+
+#[tokio::test]
+async fn schema_files_on_disk_are_the_compiled_in_ones() {
+    for (name, text) in CURRENT_SCHEMAS {
+        let on_disk = std::fs::read_to_string(format!("schemas/{name}.avsc")).unwrap();
+        assert_eq!(&on_disk, text, "schemas/{name}.avsc");
+        let schema = Schema::parse_str(text).unwrap();
+        match schema {
+            Schema::Record(r) => {
+                assert_eq!(r.name.name, *name);
+                assert_eq!(r.name.namespace.as_deref(), Some("io.leadflow"));
+            }
+            other => panic!("{name} is not a record: {other:?}"),
+        }
+    }
+}
+
+/// Encodes `value` as a single object with an explicit (older) writer schema.
+fn single_object_with(schema: &Schema, value: apache_avro::types::Value) -> Vec<u8> {
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&fingerprint(schema));
+    out.extend_from_slice(&apache_avro::to_avro_datum(schema, value).unwrap());
+    out
+}
+
+fn v1_lead_event_schema() -> Schema {
+    let (_, text) = HISTORICAL_SCHEMAS
+        .iter()
+        .find(|(n, _)| *n == "LeadEvent")
+        .unwrap();
+    Schema::parse_str(text).unwrap()
+}
+
+/// A LeadEvent as a v1 producer (no timezone, no attributes) would write it.
+fn v1_lead_event_value(schema: &Schema) -> apache_avro::types::Value {
+    #[derive(Serialize)]
+    struct V1 {
+        event_id: String,
+        lead_ext_id: String,
+        kind: LeadEventKind,
+        occurred_at: i64,
+        email: Option<String>,
+        phone: Option<String>,
+        first_name: Option<String>,
+        last_name: Option<String>,
+        company: Option<String>,
+        source: Option<String>,
+        owner: Option<String>,
+        estimated_value: Option<f64>,
+        probability: Option<f64>,
+        initial_score: Option<f64>,
+        consent: Option<Consent>,
+    }
+    let full = lead_event(true);
+    let v1 = V1 {
+        event_id: full.event_id,
+        lead_ext_id: full.lead_ext_id,
+        kind: full.kind,
+        occurred_at: full.occurred_at,
+        email: full.email,
+        phone: full.phone,
+        first_name: full.first_name,
+        last_name: full.last_name,
+        company: full.company,
+        source: full.source,
+        owner: full.owner,
+        estimated_value: full.estimated_value,
+        probability: full.probability,
+        initial_score: full.initial_score,
+        consent: full.consent,
+    };
+    apache_avro::to_value(v1).unwrap().resolve(schema).unwrap()
+}
+
+#[tokio::test]
+async fn current_reader_reads_records_written_with_the_v1_schema() {
+    let v1 = v1_lead_event_schema();
+    let codec = Codec::new(None);
+    assert_ne!(
+        fingerprint(&v1),
+        codec.schemas().current_fingerprint("LeadEvent")
+    );
+    let bytes = single_object_with(&v1, v1_lead_event_value(&v1));
+    let decoded: LeadEvent = codec.decode(&bytes).await.unwrap();
+    let mut expected = lead_event(true);
+    // The fields v2 added take their schema defaults.
+    expected.timezone = None;
+    expected.attributes = BTreeMap::new();
+    assert_eq!(decoded, expected);
+}
+
+#[tokio::test]
+async fn malformed_input_is_rejected_with_a_reason() {
+    let codec = Codec::new(None);
+    let good = codec.encode_single_object(&interaction()).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "empty"),
+        ("garbage", b"\x07\x99garbage".to_vec(), "unknown_format"),
+        ("truncated header", vec![0xC3, 0x01, 1, 2], "truncated"),
+        (
+            "truncated datum",
+            good[..good.len() - 6].to_vec(),
+            "truncated",
+        ),
+        (
+            "unknown fingerprint",
+            [&[0xC3, 0x01][..], &[9; 8], &good[10..]].concat(),
+            "unknown_schema",
+        ),
+        (
+            "confluent without registry",
+            [&[0u8, 0, 0, 0, 7][..], &good[10..]].concat(),
+            "unknown_schema",
+        ),
+        (
+            "wrong JSON types",
+            br#"{"event_id": 5, "lead_ext_id": "X", "occurred_at": "soon", "kind": "call"}"#
+                .to_vec(),
+            "invalid_json",
+        ),
+        (
+            "unknown enum symbol",
+            br#"{"event_id": "e", "lead_ext_id": "X", "occurred_at": 1, "kind": "carrier_pigeon"}"#
+                .to_vec(),
+            "invalid_json",
+        ),
+    ];
+    for (name, bytes, kind) in cases {
+        let err = codec
+            .decode::<InteractionEvent>(&bytes)
+            .await
+            .expect_err(name);
+        assert_eq!(err.kind(), kind, "{name}: {err}");
+        assert!(!err.is_transient(), "{name}");
+    }
+    // A schema for another record is refused, not misread.
+    let lead = codec.encode_single_object(&lead_event(true)).unwrap();
+    let err = codec.decode::<InteractionEvent>(&lead).await.unwrap_err();
+    assert!(matches!(err, CodecError::SchemaMismatch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn json_input_accepts_millis_and_rfc3339_and_validates() {
+    let codec = Codec::new(None);
+    let json = br#"{"event_id":"j-1","lead_ext_id":"WEB-J","occurred_at":"2026-01-01T10:00:00+01:00",
+        "kind":"created","email":"a@example.com","consent":{"email":true,"recorded_at":1767258000000,"source":"form"},
+        "unknown_extra_field": 1}"#;
+    let event = codec.decode_input(InputStream::Leads, json).await.unwrap();
+    match event {
+        InputEvent::Lead(e) => {
+            assert_eq!(e.occurred_at, 1_767_258_000_000);
+            assert_eq!(e.consent.unwrap().email, Some(true));
+            assert!(e.attributes.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad = br#"{"event_id":"j-2","lead_ext_id":"WEB-J","occurred_at":1,"probability":1.7}"#;
+    let err = codec
+        .decode_input(InputStream::Leads, bad)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "validation");
+    assert!(err.to_string().contains("probability 1.7"), "{err}");
+}
+
+/// A local server speaking the Confluent Schema Registry REST API.
+#[derive(Clone, Default)]
+struct FakeRegistry {
+    schemas: Arc<Mutex<Vec<(String, String)>>>,
+    fetches: Arc<AtomicUsize>,
+    registrations: Arc<AtomicUsize>,
+}
+
+async fn get_schema(State(r): State<FakeRegistry>, Path(id): Path<u32>) -> impl IntoResponse {
+    r.fetches.fetch_add(1, Ordering::SeqCst);
+    let schemas = r.schemas.lock().unwrap();
+    match schemas.get(id as usize - 1) {
+        Some((_, schema)) if id > 0 => (StatusCode::OK, Json(json!({ "schema": schema }))),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error_code": 40403, "message": "Schema not found" })),
+        ),
+    }
+}
+
+async fn register(
+    State(r): State<FakeRegistry>,
+    Path(subject): Path<String>,
+    Json(body): Json<Value>,
+) -> impl IntoResponse {
+    r.registrations.fetch_add(1, Ordering::SeqCst);
+    let schema = body["schema"].as_str().expect("schema field").to_string();
+    if Schema::parse_str(&schema).is_err() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error_code": 42201, "message": "Invalid schema" })),
+        );
+    }
+    let mut schemas = r.schemas.lock().unwrap();
+    let id = match schemas
+        .iter()
+        .position(|(s, text)| *s == subject && *text == schema)
+    {
+        Some(i) => i + 1,
+        None => {
+            schemas.push((subject, schema));
+            schemas.len()
+        }
+    };
+    (StatusCode::OK, Json(json!({ "id": id })))
+}
+
+async fn start_registry(registry: FakeRegistry) -> String {
+    let app = Router::new()
+        .route("/schemas/ids/{id}", get(get_schema))
+        .route("/subjects/{subject}/versions", post(register))
+        .with_state(registry);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn confluent_framing_registers_fetches_and_caches_schemas() {
+    let registry = FakeRegistry::default();
+    let url = start_registry(registry.clone()).await;
+    let producer = Codec::new(Some(
+        RegistryClient::new(&url, Duration::from_secs(2)).unwrap(),
+    ));
+    let consumer = Codec::new(Some(
+        RegistryClient::new(&url, Duration::from_secs(2)).unwrap(),
+    ));
+
+    let a = producer
+        .encode("lead-interactions", &interaction())
+        .await
+        .unwrap();
+    let b = producer
+        .encode("lead-interactions", &interaction())
+        .await
+        .unwrap();
+    let c = producer.encode("leads", &lead_event(true)).await.unwrap();
+    assert_eq!(a[0], 0, "Confluent magic byte");
+    assert_eq!(u32::from_be_bytes(a[1..5].try_into().unwrap()), 1);
+    assert_eq!(u32::from_be_bytes(c[1..5].try_into().unwrap()), 2);
+    assert_eq!(a, b);
+    assert_eq!(
+        registry.registrations.load(Ordering::SeqCst),
+        2,
+        "second encode used the cache"
+    );
+    assert_eq!(
+        registry.schemas.lock().unwrap()[0].0,
+        "lead-interactions-value"
+    );
+
+    for _ in 0..3 {
+        assert_eq!(
+            consumer.decode::<InteractionEvent>(&a).await.unwrap(),
+            interaction()
+        );
+    }
+    assert_eq!(
+        consumer.decode::<LeadEvent>(&c).await.unwrap(),
+        lead_event(true)
+    );
+    assert_eq!(
+        registry.fetches.load(Ordering::SeqCst),
+        2,
+        "one fetch per schema id"
+    );
+
+    // An older producer's schema, registered under its own id, still reads.
+    let v1 = v1_lead_event_schema();
+    registry
+        .schemas
+        .lock()
+        .unwrap()
+        .push(("leads-value".into(), v1.canonical_form()));
+    let v1_id = registry.schemas.lock().unwrap().len() as u32;
+    let mut framed = vec![0];
+    framed.extend_from_slice(&v1_id.to_be_bytes());
+    framed.extend_from_slice(&apache_avro::to_avro_datum(&v1, v1_lead_event_value(&v1)).unwrap());
+    let old: LeadEvent = consumer.decode(&framed).await.unwrap();
+    assert_eq!(old.timezone, None);
+    assert_eq!(old.email.as_deref(), Some("juan@example.com"));
+
+    let mut unknown = a.clone();
+    unknown[1..5].copy_from_slice(&999u32.to_be_bytes());
+    let err = consumer
+        .decode::<InteractionEvent>(&unknown)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CodecError::UnknownSchemaId(999)), "{err}");
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_a_transient_error() {
+    // Bind and drop to get a port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let codec = Codec::new(Some(
+        RegistryClient::new(
+            &format!("http://127.0.0.1:{port}"),
+            Duration::from_millis(500),
+        )
+        .unwrap(),
+    ));
+    let err = codec
+        .decode::<InteractionEvent>(&[0, 0, 0, 0, 1, 2])
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let err = codec.encode("t", &interaction()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+}

@@ -1,0 +1,240 @@
+//! Bad configuration stops start-up with the key and the reason; bad
+//! command-line arguments say what is wrong. Checked both on the library
+//! and through the real binary.
+
+use std::path::Path;
+use std::process::Command;
+
+use leadflow::config::{Config, ConfigError};
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_toml_with_env(text, Path::new("leadflow.toml"), &vars)
+}
+
+fn error(text: &str, env: &[(&str, &str)]) -> String {
+    load(text, env)
+        .expect_err("config must be refused")
+        .to_string()
+}
+
+#[test]
+fn defaults_and_the_example_file_load() {
+    let defaults = load("", &[]).unwrap();
+    assert_eq!(defaults.kafka.bootstrap_servers, "127.0.0.1:9092");
+    assert_eq!(defaults.database.url, "sqlite://data/leadflow.db");
+    assert_eq!(defaults.topics.scores, "lead-scores");
+    let example = std::fs::read_to_string("config/leadflow.example.toml").unwrap();
+    let from_example = load(&example, &[]).unwrap();
+    // The example documents the defaults: it must say exactly what they are.
+    assert_eq!(
+        toml::to_string(&from_example).unwrap(),
+        toml::to_string(&defaults).unwrap()
+    );
+}
+
+#[test]
+fn an_unknown_key_names_the_key_and_the_line() {
+    let e = error(
+        "[kafka]\nbootstrap_servers = \"x:1\"\nbootstrap_server = \"typo:1\"\n",
+        &[],
+    );
+    assert!(e.contains("bootstrap_server"), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+    assert!(e.contains("line 3"), "{e}");
+    let e = error("[procesor]\nbatch_size = 5\n", &[]);
+    assert!(e.contains("procesor"), "{e}");
+}
+
+#[test]
+fn a_bad_value_names_the_key_and_the_reason() {
+    let e = error("[processor]\nbatch_size = \"many\"\n", &[]);
+    assert!(e.contains("batch_size") && e.contains("line 2"), "{e}");
+    let e = error("[processor]\nbatch_size = 0\n", &[]);
+    assert!(
+        e.contains("processor.batch_size") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = error("[database]\nurl = \"mysql://x\"\n", &[]);
+    assert!(e.contains("database.url") && e.contains("neither"), "{e}");
+    let e = error("[scoring.rules]\nengagement_half_life_days = -3.0\n", &[]);
+    assert!(
+        e.contains("scoring.rules.engagement_half_life_days") && e.contains("positive"),
+        "{e}"
+    );
+    let e = error(
+        "[scoring.rules.interaction_weights]\ncarrier_pigeon = 3.0\n",
+        &[],
+    );
+    assert!(
+        e.contains("scoring.rules.interaction_weights.carrier_pigeon") && e.contains("unknown"),
+        "{e}"
+    );
+    let e = error("[scoring.segments]\npremium = 40.0\n", &[]);
+    assert!(
+        e.contains("scoring.segments") && e.contains("must fall"),
+        "{e}"
+    );
+    let e = error(
+        "[scoring.rules]\nvalue_bands = [{min = 10.0, points = 1.0}, {min = 5.0, points = 2.0}]\n",
+        &[],
+    );
+    assert!(e.contains("scoring.rules.value_bands[1]"), "{e}");
+    let e = error("[topics]\nleads = \"bad topic!\"\n", &[]);
+    assert!(e.contains("topics.leads") && e.contains("only A-Z"), "{e}");
+    let e = error("[topics]\nscores = \"leads\"\n", &[]);
+    assert!(
+        e.contains("topics.scores") && e.contains("already used by topics.leads"),
+        "{e}"
+    );
+}
+
+#[test]
+fn environment_overrides_apply_on_top_of_the_file() {
+    let c = load(
+        "[kafka]\ngroup_id = \"from-file\"\npartitions = 3\n",
+        &[
+            ("DATABASE_URL", "postgres://u@db:5432/leads"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "broker-1:9092,broker-2:9092"),
+            ("LEADFLOW__KAFKA__GROUP_ID", "from-env"),
+            ("LEADFLOW__PROCESSOR__BATCH_SIZE", "250"),
+            ("LEADFLOW__SCORING__RULES__SOURCE_WEIGHTS__WEBINAR", "12.5"),
+            ("UNRELATED", "ignored"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.database.url, "postgres://u@db:5432/leads");
+    assert_eq!(c.kafka.bootstrap_servers, "broker-1:9092,broker-2:9092");
+    assert_eq!(c.kafka.group_id, "from-env");
+    assert_eq!(c.kafka.partitions, 3, "file value kept where no override");
+    assert_eq!(c.processor.batch_size, 250);
+    assert_eq!(c.scoring.rules.source_weights["webinar"], 12.5);
+}
+
+#[test]
+fn a_bad_environment_override_names_the_variable_and_key() {
+    let e = error("", &[("LEADFLOW__KAFKA__PARTITONS", "3")]);
+    assert!(
+        e.contains("LEADFLOW__KAFKA__PARTITONS") && e.contains("partitons"),
+        "{e}"
+    );
+    let e = error("", &[("LEADFLOW__PROCESSOR__BATCH_SIZE", "lots")]);
+    assert!(
+        e.contains("LEADFLOW__PROCESSOR__BATCH_SIZE") && e.contains("processor.batch_size"),
+        "{e}"
+    );
+    let e = error("", &[("DATABASE_URL", "oracle://x")]);
+    assert!(e.contains("database.url"), "{e}");
+}
+
+fn leadflow(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadflow"));
+    cmd.args(args)
+        .env_remove("LEADFLOW_CONFIG")
+        .env_remove("DATABASE_URL");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run leadflow");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_binary_refuses_a_bad_config_file_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[kafka]\nsesion_timeout_ms = 6000\n").unwrap();
+    let (ok, text) = leadflow(&["--config", path.to_str().unwrap(), "migrate"], &[]);
+    assert!(!ok);
+    assert!(
+        text.contains("sesion_timeout_ms") && text.contains("line 2"),
+        "{text}"
+    );
+    let (ok, text) = leadflow(&["migrate"], &[("LEADFLOW__PROCESSOR__DEDUP_WINDOW", "0")]);
+    assert!(!ok);
+    assert!(text.contains("processor.dedup_window"), "{text}");
+    let (ok, text) = leadflow(&["--config", "/nonexistent/leadflow.toml", "migrate"], &[]);
+    assert!(!ok);
+    assert!(text.contains("/nonexistent/leadflow.toml"), "{text}");
+}
+
+#[test]
+fn simulate_with_nonsense_arguments_says_what_is_wrong() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["simulate", "--leads", "many"], "--leads"),
+        (&["simulate", "--leads", "0"], "--leads must be at least 1"),
+        (&["simulate", "--days", "-4"], "--days"),
+        (
+            &[
+                "simulate",
+                "--start",
+                "yesterday-ish",
+                "--output",
+                "/dev/null",
+            ],
+            "--start",
+        ),
+        (&["simulate", "--format", "xml"], "--format"),
+    ];
+    for (args, expected) in cases {
+        let (ok, text) = leadflow(args, &[]);
+        assert!(!ok, "{args:?} must fail");
+        assert!(text.contains(expected), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn simulate_writes_a_deterministic_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl");
+    for path in [&a, &b] {
+        let (ok, text) = leadflow(
+            &[
+                "simulate",
+                "--seed",
+                "9",
+                "--leads",
+                "50",
+                "--days",
+                "20",
+                "--start",
+                "2026-03-01",
+                "--output",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(ok, "{text}");
+        assert!(text.contains("50 leads over 20 days"), "{text}");
+    }
+    let a = std::fs::read(&a).unwrap();
+    assert!(!a.is_empty());
+    assert_eq!(a, std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["simulate", "--help"],
+        &["topics", "--help"],
+        &["topics", "create", "--help"],
+        &["migrate", "--help"],
+        &["leads", "--help"],
+        &["leads", "list", "--help"],
+    ] {
+        let (ok, text) = leadflow(args, &[]);
+        assert!(ok, "{args:?}: {text}");
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+    }
+}
