@@ -28,9 +28,6 @@ pub enum KafkaSetupError {
 pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap_servers);
-    // The Java client's partitioner, so that keys land on the same partitions
-    // whichever client produced them: the input topics are co-partitioned.
-    c.set("partitioner", "murmur2_random");
     for (k, v) in defaults {
         c.set(*k, *v);
     }
@@ -45,6 +42,10 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     client_config(
         kafka,
         &[
+            // The Java client's partitioner, so that keys land on the same
+            // partitions whichever client produced them: the input topics
+            // are co-partitioned.
+            ("partitioner", "murmur2_random"),
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),
