@@ -55,7 +55,23 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub schema_registry: SchemaRegistryConfig,
     pub processor: ProcessorConfig,
+    pub http: HttpConfig,
     pub scoring: ScoringConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/health` and `/ready` (and the REST API later).
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +218,16 @@ pub struct ProcessorConfig {
     pub batch_linger_ms: u64,
     /// Recent event ids remembered per lead to drop re-delivered events.
     pub dedup_window: usize,
+    /// Longest a partition group waits for an empty input stream before it
+    /// applies the others without it (see `pipeline::merge`).
+    pub max_merge_wait_ms: u64,
+    /// Largest input value accepted; a larger one is dead-lettered as `too_large`.
+    pub max_message_bytes: usize,
+    /// Messages over which the share of dead letters is measured.
+    pub dead_letter_window: usize,
+    /// Share of the window that may be dead letters before the processor
+    /// stops as misconfigured.
+    pub dead_letter_max_ratio: f64,
 }
 
 impl Default for ProcessorConfig {
@@ -210,6 +236,10 @@ impl Default for ProcessorConfig {
             batch_size: 500,
             batch_linger_ms: 100,
             dedup_window: 64,
+            max_merge_wait_ms: 2_000,
+            max_message_bytes: 1_048_576,
+            dead_letter_window: 1_000,
+            dead_letter_max_ratio: 0.5,
         }
     }
 }
@@ -360,6 +390,36 @@ impl Config {
         }
         if p.dedup_window == 0 {
             return Err(invalid("processor.dedup_window", "must be at least 1"));
+        }
+        if p.max_merge_wait_ms > 600_000 {
+            return Err(invalid(
+                "processor.max_merge_wait_ms",
+                format!("{} ms is more than ten minutes", p.max_merge_wait_ms),
+            ));
+        }
+        if p.max_message_bytes < 1_024 {
+            return Err(invalid(
+                "processor.max_message_bytes",
+                format!("{} is less than 1024", p.max_message_bytes),
+            ));
+        }
+        if p.dead_letter_window == 0 {
+            return Err(invalid(
+                "processor.dead_letter_window",
+                "must be at least 1",
+            ));
+        }
+        if !(p.dead_letter_max_ratio > 0.0 && p.dead_letter_max_ratio <= 1.0) {
+            return Err(invalid(
+                "processor.dead_letter_max_ratio",
+                format!("{} is outside (0, 1]", p.dead_letter_max_ratio),
+            ));
+        }
+        if let Err(e) = self.http.listen.parse::<std::net::SocketAddr>() {
+            return Err(invalid(
+                "http.listen",
+                format!("`{}` is not host:port: {e}", self.http.listen),
+            ));
         }
         self.scoring
             .validate()

@@ -2,17 +2,20 @@
 //! and hands over to the library. Errors end here, as `anyhow` reports.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use leadflow::api::{self, HttpState};
 use leadflow::codec::{Codec, RegistryClient};
 use leadflow::config::Config;
 use leadflow::events::{timestamp, InputEvent, MILLIS_PER_DAY};
 use leadflow::kafka::{self, InputFormat, TopicOutcome};
-use leadflow::pipeline::{Pipeline, RunOptions};
+use leadflow::metrics::Metrics;
+use leadflow::pipeline::{replay, Pipeline, RunOptions};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, Store};
 
@@ -50,8 +53,20 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Stop after this many seconds without a new message (default: run until SIGINT/SIGTERM).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", conflicts_with = "from_file")]
     exit_when_idle: Option<u64>,
+    /// Replay a stream file written by `simulate --output` instead of
+    /// consuming Kafka: same core, clock driven by event time.
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
+    /// With --from-file: where to write the outputs, one `<topic>.jsonl` per output topic.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "from_file",
+        default_value = "data/replay"
+    )]
+    output_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -167,25 +182,54 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: Config, args: RunArgs) -> Result<()> {
-    let store = open_store(&config).await?;
-    let codec = codec(&config)?;
+    let store = Arc::new(open_store(&config).await?);
+    if let Some(path) = &args.from_file {
+        let events =
+            simulate::read_stream(path).with_context(|| format!("reading {}", path.display()))?;
+        let started = std::time::Instant::now();
+        let (summary, outputs) = replay::replay(&config, store.as_ref(), events).await?;
+        let topics = replay::write_outputs(&config, &args.output_dir, &outputs)?;
+        println!(
+            "replayed {} events in {:.1} s: {} applied, {} duplicates skipped; {} outputs written to {} ({})",
+            summary.consumed,
+            started.elapsed().as_secs_f64(),
+            summary.applied,
+            summary.duplicates,
+            outputs.len(),
+            args.output_dir.display(),
+            topics.join(", ")
+        );
+        return Ok(());
+    }
+    let codec = Arc::new(codec(&config)?);
+    let metrics = Arc::new(Metrics::new());
+    let http = api::serve(
+        &config.http.listen,
+        HttpState {
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     info!(
         database = %config.database.url,
         brokers = %config.kafka.bootstrap_servers,
         group = %config.kafka.group_id,
+        metrics = %format!("http://{http}/metrics"),
         "processor starting"
     );
-    let pipeline = Pipeline::new(&config, &store, &codec)?;
+    let pipeline = Pipeline::new(config, store.clone(), codec, metrics)?;
     let options = RunOptions {
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
     };
     let summary = pipeline.run(options, shutdown_signal()).await?;
     println!(
-        "consumed {} messages: {} events applied, {} duplicates skipped, {} dead-lettered; {} leads stored",
+        "consumed {} messages: {} events applied, {} duplicates skipped, {} dead-lettered, {} outputs; {} leads stored",
         summary.consumed,
         summary.applied,
         summary.duplicates,
         summary.dead_lettered,
+        summary.outputs,
         store.lead_count().await?
     );
     Ok(())

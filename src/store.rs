@@ -28,6 +28,12 @@ pub enum StoreError {
     Corrupt { lead: String, reason: String },
     #[error("database url `{url}`: {reason}")]
     Url { url: String, reason: String },
+    #[error("partition {topic}/{partition} was advanced by another instance (expected next offset {expected:?}); this instance no longer owns it")]
+    Fenced {
+        topic: String,
+        partition: i32,
+        expected: Option<i64>,
+    },
 }
 
 impl StoreError {
@@ -66,12 +72,47 @@ pub struct PartitionOffset {
     pub next_offset: i64,
 }
 
+/// Moves one partition's stored offset from `from` (`None`: no row yet) to
+/// `to`. The write succeeds only if the row still holds `from`: an instance
+/// that lost the partition without noticing cannot overwrite its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetAdvance {
+    pub topic: String,
+    pub partition: i32,
+    pub from: Option<i64>,
+    pub to: i64,
+}
+
+/// An output event to publish, as written by the processor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOutboxRow {
+    pub output_id: String,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+    pub source_partition: i32,
+    pub created_at: i64,
+}
+
+/// An outbox row read back by the relay.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub output_id: String,
+    pub topic: String,
+    #[sqlx(rename = "message_key")]
+    pub key: String,
+    pub payload: String,
+    pub source_partition: i32,
+}
+
 /// What one processed batch changes, written in one transaction.
 #[derive(Debug, Default)]
 pub struct BatchWrite<'a> {
     pub consumer_group: &'a str,
     pub leads: Vec<&'a LeadState>,
-    pub offsets: Vec<PartitionOffset>,
+    pub offsets: Vec<OffsetAdvance>,
+    pub outbox: Vec<NewOutboxRow>,
 }
 
 /// A row of the lead list: the indexed columns, not the whole state.
@@ -100,7 +141,8 @@ pub trait LeadStore: Send + Sync {
         id: &str,
     ) -> impl Future<Output = Result<Option<LeadState>, StoreError>> + Send;
 
-    /// Writes the leads and offsets of a batch atomically: all or nothing.
+    /// Writes the leads, offsets and outbox rows of a batch atomically: all or
+    /// nothing. Fails with [`StoreError::Fenced`] if an offset moved meanwhile.
     fn commit_batch(
         &self,
         batch: &BatchWrite<'_>,
@@ -119,6 +161,18 @@ pub trait LeadStore: Send + Sync {
         after: &str,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<LeadSummary>, StoreError>> + Send;
+
+    /// The oldest unpublished outputs of the given source partitions, in order.
+    fn outbox_pending(
+        &self,
+        partitions: &[i32],
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
+    /// Removes published outputs.
+    fn outbox_delete(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn outbox_depth(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 }
 
 pub struct PgStore {
@@ -207,9 +261,18 @@ const UPSERT_LEAD: &str = "INSERT INTO leads
         segment = excluded.segment, final_score = excluded.final_score,
         created_at = excluded.created_at, updated_at = excluded.updated_at";
 
-const UPSERT_OFFSET: &str = "INSERT INTO partition_offsets (consumer_group, topic, partition_id, next_offset)
+const INSERT_OFFSET: &str =
+    "INSERT INTO partition_offsets (consumer_group, topic, partition_id, next_offset)
     VALUES ($1, $2, $3, $4)
-    ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset";
+    ON CONFLICT (consumer_group, topic, partition_id) DO NOTHING";
+
+const ADVANCE_OFFSET: &str = "UPDATE partition_offsets SET next_offset = $4
+    WHERE consumer_group = $1 AND topic = $2 AND partition_id = $3 AND next_offset = $5";
+
+const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (output_id, topic, message_key, payload, source_partition, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (output_id) DO NOTHING";
 
 /// Rows fetched per `IN (...)` query; well under SQLite's variable limit.
 const LOAD_CHUNK: usize = 500;
@@ -272,11 +335,36 @@ macro_rules! impl_sql_store {
                         .await?;
                 }
                 for offset in &batch.offsets {
-                    sqlx::query(UPSERT_OFFSET)
-                        .bind(batch.consumer_group)
-                        .bind(&offset.topic)
-                        .bind(offset.partition)
-                        .bind(offset.next_offset)
+                    let query = sqlx::query(match offset.from {
+                        None => INSERT_OFFSET,
+                        Some(_) => ADVANCE_OFFSET,
+                    })
+                    .bind(batch.consumer_group)
+                    .bind(&offset.topic)
+                    .bind(offset.partition)
+                    .bind(offset.to);
+                    let query = match offset.from {
+                        None => query,
+                        Some(from) => query.bind(from),
+                    };
+                    let written = query.execute(&mut *tx).await?.rows_affected();
+                    if written != 1 {
+                        // Dropping the transaction rolls it back.
+                        return Err(StoreError::Fenced {
+                            topic: offset.topic.clone(),
+                            partition: offset.partition,
+                            expected: offset.from,
+                        });
+                    }
+                }
+                for row in &batch.outbox {
+                    sqlx::query(INSERT_OUTBOX)
+                        .bind(&row.output_id)
+                        .bind(&row.topic)
+                        .bind(&row.key)
+                        .bind(&row.payload)
+                        .bind(row.source_partition)
+                        .bind(row.created_at)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -324,6 +412,39 @@ macro_rules! impl_sql_store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn outbox_pending(&self, partitions: &[i32], limit: i64) -> Result<Vec<OutboxEntry>, StoreError> {
+                if partitions.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT seq, output_id, topic, message_key, payload, source_partition FROM outbox
+                     WHERE source_partition IN ({}) ORDER BY seq LIMIT ${}",
+                    placeholders(partitions.len()),
+                    partitions.len() + 1
+                );
+                let mut query = sqlx::query_as::<_, OutboxEntry>(&sql);
+                for p in partitions {
+                    query = query.bind(*p);
+                }
+                Ok(query.bind(limit).fetch_all(&self.pool).await?)
+            }
+
+            async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
+                for chunk in seqs.chunks(LOAD_CHUNK) {
+                    let sql = format!("DELETE FROM outbox WHERE seq IN ({})", placeholders(chunk.len()));
+                    let mut query = sqlx::query(&sql);
+                    for seq in chunk {
+                        query = query.bind(*seq);
+                    }
+                    query.execute(&self.pool).await?;
+                }
+                Ok(())
+            }
+
+            async fn outbox_depth(&self) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&self.pool).await?)
             }
         }
     };
@@ -403,5 +524,21 @@ impl LeadStore for Store {
 
     async fn list_leads(&self, after: &str, limit: i64) -> Result<Vec<LeadSummary>, StoreError> {
         delegate!(self, s => s.list_leads(after, limit))
+    }
+
+    async fn outbox_pending(
+        &self,
+        partitions: &[i32],
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        delegate!(self, s => s.outbox_pending(partitions, limit))
+    }
+
+    async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        delegate!(self, s => s.outbox_delete(seqs))
+    }
+
+    async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        delegate!(self, s => s.outbox_depth())
     }
 }

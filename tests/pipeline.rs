@@ -5,22 +5,23 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use leadflow::codec::Codec;
 use leadflow::config::Config;
 use leadflow::events::{InputEvent, InteractionKind, Millis, Stage};
 use leadflow::kafka::{self, InputFormat};
-use leadflow::pipeline::{dlq_headers, header_value, Pipeline, RunOptions};
+use leadflow::metrics::Metrics;
+use leadflow::pipeline::{dlq_headers, Pipeline, PipelineError, RunOptions, RunSummary};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
 
-use common::test_config;
+use common::{
+    all_states, assert_same_states, clean_run, published_score_ids, read_topic, test_config,
+};
 
 /// What the events of one lead say, derived straight from the stream.
 #[derive(Default)]
@@ -93,68 +94,80 @@ fn expectations(events: &[InputEvent]) -> HashMap<String, Expected> {
     out
 }
 
-async fn produce_poison(config: &Config) {
+async fn produce(config: &Config, topic: &str, key: Option<&str>, payload: &[u8]) {
     let producer = kafka::producer(&config.kafka).unwrap();
-    let send = |topic: String, key: Option<&'static str>, payload: &'static [u8]| {
-        let producer = producer.clone();
-        async move {
-            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).payload(payload);
-            if let Some(k) = key {
-                record = record.key(k);
-            }
-            producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-    };
-    send(
-        config.topics.leads.clone(),
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(payload);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+async fn produce_poison(config: &Config) {
+    produce(
+        config,
+        &config.topics.leads,
         Some("WEB-BAD1"),
         b"\x13\x37 not avro",
     )
     .await;
-    send(
-        config.topics.interactions.clone(),
-        None,
-        br#"{"event_id":"x","lead_ext_id":"WEB-BAD2","occurred_at":1,"kind":"call"}"#,
-    )
-    .await;
+    let missing_key = br#"{"event_id":"x","lead_ext_id":"WEB-BAD2","occurred_at":1,"kind":"call"}"#;
+    produce(config, &config.topics.interactions, None, missing_key).await;
 }
 
-/// Reads every message of the dead-letter topic (assigned, not in a group).
-fn read_dead_letters(config: &Config, expected: usize) -> Vec<(String, String, String)> {
-    let consumer: BaseConsumer = kafka::client_config(
-        &config.kafka,
-        &[("group.id", "dlq-reader"), ("enable.auto.commit", "false")],
-    )
-    .create()
-    .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..config.kafka.partitions {
-        tpl.add_partition_offset(&config.topics.dlq, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < expected && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-            let headers = m.headers().expect("dead letters carry headers");
-            out.push((
-                header_value(headers, dlq_headers::SOURCE_TOPIC).unwrap(),
-                header_value(headers, dlq_headers::ERROR_KIND).unwrap(),
-                header_value(headers, dlq_headers::ERROR_MESSAGE).unwrap(),
-            ));
-        }
-    }
+/// (source topic, error kind, error message) of every dead letter, sorted.
+fn read_dead_letters(config: &Config) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = read_topic(config, &config.topics.dlq)
+        .into_iter()
+        .map(|m| {
+            let h = |k: &str| {
+                m.headers
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap()
+            };
+            (
+                h(dlq_headers::SOURCE_TOPIC),
+                h(dlq_headers::ERROR_KIND),
+                h(dlq_headers::ERROR_MESSAGE),
+            )
+        })
+        .collect();
     out.sort();
     out
 }
 
-async fn simulated_stream_lands_in_the_store<S: LeadStore>(store: &S, url: &str) {
-    let config = test_config(url);
+async fn run_pipeline<S: LeadStore + 'static>(
+    config: &Config,
+    store: &Arc<S>,
+    idle_secs: u64,
+) -> Result<RunSummary, PipelineError> {
+    let pipeline = Pipeline::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(Codec::new(None)),
+        Arc::new(Metrics::new()),
+    )?;
+    pipeline
+        .run(
+            RunOptions {
+                exit_when_idle: Some(Duration::from_secs(idle_secs)),
+            },
+            std::future::pending(),
+        )
+        .await
+}
+
+async fn simulated_stream_lands_in_the_store<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
+    let mut config = test_config(url);
+    // All input is published before the processor starts; let the merge wait
+    // for every stream however slow the machine is, so the order is exact.
+    config.processor.max_merge_wait_ms = 30_000;
     kafka::create_topics(&config)
         .await
         .expect("create topics (is the broker up? `make broker`)");
@@ -176,16 +189,7 @@ async fn simulated_stream_lands_in_the_store<S: LeadStore>(store: &S, url: &str)
         .await
         .unwrap();
 
-    let pipeline = Pipeline::new(&config, store, &codec).unwrap();
-    let summary = pipeline
-        .run(
-            RunOptions {
-                exit_when_idle: Some(Duration::from_secs(8)),
-            },
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+    let summary = run_pipeline(&config, &store, 8).await.unwrap();
     assert_eq!(summary.consumed, events.len() as u64 + 2);
     assert_eq!(summary.applied, events.len() as u64);
     assert_eq!(summary.dead_lettered, 2);
@@ -238,7 +242,7 @@ async fn simulated_stream_lands_in_the_store<S: LeadStore>(store: &S, url: &str)
         "the stream closes deals ({checked_closed})"
     );
 
-    let dead = read_dead_letters(&config, 2);
+    let dead = read_dead_letters(&config);
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert_eq!(dead[0].0, config.topics.interactions);
     assert_eq!(dead[0].1, "missing_key");
@@ -253,9 +257,27 @@ async fn simulated_stream_lands_in_the_store<S: LeadStore>(store: &S, url: &str)
         .unwrap();
     let stored: i64 = offsets.iter().map(|o| o.next_offset).sum();
     assert_eq!(stored, events.len() as i64 + 2);
+
+    // Every output was published once, through the outbox, which is now empty.
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    let published = published_score_ids(&config).await;
+    let distinct: BTreeSet<String> = published.iter().cloned().collect();
+    assert_eq!(
+        published.len() as u64,
+        summary.outputs,
+        "no output published twice"
+    );
+    assert_eq!(distinct.len(), published.len());
+
+    // A replay of the same events (clock = event time) ends in the same
+    // state and the same output ids as the live run.
+    let clean = clean_run(&config, &events).await;
+    assert_same_states(&all_states(store.as_ref()).await, &clean.states);
+    assert_eq!(distinct, clean.output_ids);
+    assert_eq!(clean.outputs, published.len());
 }
 
-async fn redelivered_messages_change_nothing<S: LeadStore>(store: &S, url: &str) {
+async fn redelivered_messages_change_nothing<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
     let config = test_config(url);
     kafka::create_topics(&config).await.unwrap();
     let params = SimulationParams {
@@ -280,16 +302,7 @@ async fn redelivered_messages_change_nothing<S: LeadStore>(store: &S, url: &str)
     kafka::publish_inputs(&config, &codec, &events, InputFormat::Avro, 0)
         .await
         .unwrap();
-    let pipeline = Pipeline::new(&config, store, &codec).unwrap();
-    let summary = pipeline
-        .run(
-            RunOptions {
-                exit_when_idle: Some(Duration::from_secs(8)),
-            },
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+    let summary = run_pipeline(&config, &store, 8).await.unwrap();
     assert_eq!(summary.applied, events.len() as u64);
     assert_eq!(summary.duplicates, events.len() as u64);
     for (id, x) in &expected {
@@ -300,7 +313,143 @@ async fn redelivered_messages_change_nothing<S: LeadStore>(store: &S, url: &str)
     }
 }
 
+/// Every kind of bad message lands in the dead-letter topic with its reason,
+/// and every good event around it is applied.
+async fn poison_messages_are_dead_lettered<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
+    let mut config = test_config(url);
+    config.processor.max_message_bytes = 64 * 1024;
+    kafka::create_topics(&config).await.unwrap();
+    let events = simulate::generate(&SimulationParams {
+        seed: 3,
+        leads: 15,
+        days: 10,
+        start: 1_767_225_600_000,
+    });
+    let codec = Codec::new(None);
+    let third = events.len() / 3;
+    kafka::publish_inputs(&config, &codec, &events[..third], InputFormat::Avro, 0)
+        .await
+        .unwrap();
+
+    let good = match &events[0] {
+        InputEvent::Lead(l) => codec.encode_single_object(l).unwrap(),
+        other => panic!("the stream starts with a lead, not {other:?}"),
+    };
+    let leads = config.topics.leads.clone();
+    let interactions = config.topics.interactions.clone();
+    produce(&config, &leads, Some("K-1"), b"\xde\xad\xbe\xef garbage").await;
+    produce(&config, &leads, Some("K-2"), &good[..good.len() / 2]).await;
+    let mut unknown_schema = vec![0, 0, 0, 0x10, 0x92];
+    unknown_schema.extend_from_slice(&good[10..]);
+    produce(&config, &leads, Some("K-3"), &unknown_schema).await;
+    kafka::publish_inputs(
+        &config,
+        &codec,
+        &events[third..2 * third],
+        InputFormat::Json,
+        0,
+    )
+    .await
+    .unwrap();
+    let wrong_types =
+        br#"{"event_id": 17, "lead_ext_id": "K-4", "occurred_at": "tuesday", "kind": "call"}"#;
+    produce(&config, &interactions, Some("K-4"), wrong_types).await;
+    let valid_json = br#"{"event_id":"nokey","lead_ext_id":"K-6","occurred_at":1,"kind":"call"}"#;
+    produce(&config, &interactions, None, valid_json).await;
+    kafka::publish_inputs(&config, &codec, &events[2 * third..], InputFormat::Avro, 0)
+        .await
+        .unwrap();
+    // Nisshi 0.7.0 stalls producers and consumers of a topic once it holds a
+    // 2 MB record (docs/DECISIONS.md), so the size bound is shown with a
+    // 64 KiB limit and a 256 KiB value; the code path is the same.
+    let mut huge =
+        br#"{"event_id":"big","lead_ext_id":"K-5","occurred_at":1,"kind":"call","channel":""#
+            .to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    huge.extend_from_slice(br#""}"#);
+    let big_producer: rdkafka::producer::FutureProducer =
+        kafka::client_config(&config.kafka, &[("message.max.bytes", "4000000")])
+            .create()
+            .unwrap();
+    big_producer
+        .send(
+            FutureRecord::to(&interactions).key("K-5").payload(&huge),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("the broker accepts a 256 KiB message");
+
+    let summary = run_pipeline(&config, &store, 8).await.unwrap();
+    assert_eq!(
+        summary.applied,
+        events.len() as u64,
+        "every good event applied"
+    );
+    assert_eq!(summary.dead_lettered, 6);
+    let kinds: BTreeSet<(String, String)> = read_dead_letters(&config)
+        .into_iter()
+        .map(|(topic, kind, _)| (topic, kind))
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        (&leads, "unknown_format"),
+        (&leads, "truncated"),
+        (&leads, "unknown_schema"),
+        (&interactions, "invalid_json"),
+        (&interactions, "too_large"),
+        (&interactions, "missing_key"),
+    ]
+    .into_iter()
+    .map(|(t, k)| (t.clone(), k.to_string()))
+    .collect();
+    assert_eq!(kinds, expected);
+    assert_same_states(
+        &all_states(store.as_ref()).await,
+        &clean_run(&config, &events).await.states,
+    );
+}
+
+/// A topic that is mostly garbage stops the processor with a clear error
+/// instead of dead-lettering everything.
+async fn mostly_bad_input_stops_the_processor<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
+    let mut config = test_config(url);
+    config.processor.dead_letter_window = 20;
+    config.processor.dead_letter_max_ratio = 0.5;
+    kafka::create_topics(&config).await.unwrap();
+    for i in 0..40 {
+        produce(
+            &config,
+            &config.topics.leads,
+            Some(&format!("K-{i}")),
+            b"\x01 not an event",
+        )
+        .await;
+    }
+    let err = run_pipeline(&config, &store, 8).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PipelineError::TooManyInvalid {
+                invalid: 11,
+                window: 20,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("unknown_format"), "{err}");
+    // What was consumed before the stop is not committed: a fixed deploy
+    // starts again from the first bad message.
+    assert!(store
+        .partition_offsets(&config.kafka.group_id)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 backend_tests!(
     simulated_stream_lands_in_the_store,
-    redelivered_messages_change_nothing
+    redelivered_messages_change_nothing,
+    poison_messages_are_dead_lettered,
+    mostly_bad_input_stops_the_processor,
 );

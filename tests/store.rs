@@ -3,10 +3,13 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use leadflow::events::{InteractionKind, Segment, Stage};
 use leadflow::lead::{ChannelConsent, InteractionStats, LeadState, ScoreSnapshot, StageTransition};
-use leadflow::store::{BatchWrite, LeadStore, PartitionOffset};
+use leadflow::store::{
+    BatchWrite, LeadStore, NewOutboxRow, OffsetAdvance, PartitionOffset, StoreError,
+};
 
 fn full_state(id: &str) -> LeadState {
     let mut s = LeadState::new(id);
@@ -79,13 +82,13 @@ fn full_state(id: &str) -> LeadState {
     s
 }
 
-async fn state_round_trips_field_by_field<S: LeadStore>(store: &S, _url: &str) {
+async fn state_round_trips_field_by_field<S: LeadStore>(store: Arc<S>, _url: &str) {
     let lead = full_state("REF-000001");
     store
         .commit_batch(&BatchWrite {
             consumer_group: "g",
             leads: vec![&lead],
-            offsets: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -94,25 +97,23 @@ async fn state_round_trips_field_by_field<S: LeadStore>(store: &S, _url: &str) {
     assert_eq!(store.get_lead("REF-404").await.unwrap(), None);
 }
 
-async fn commit_overwrites_and_keeps_offsets<S: LeadStore>(store: &S, _url: &str) {
+fn advance(partition: i32, from: Option<i64>, to: i64) -> OffsetAdvance {
+    OffsetAdvance {
+        topic: "leads".into(),
+        partition,
+        from,
+        to,
+    }
+}
+
+async fn commit_overwrites_and_fences_offsets<S: LeadStore>(store: Arc<S>, _url: &str) {
     let mut lead = full_state("WEB-1");
-    let offsets = vec![
-        PartitionOffset {
-            topic: "leads".into(),
-            partition: 0,
-            next_offset: 10,
-        },
-        PartitionOffset {
-            topic: "leads".into(),
-            partition: 1,
-            next_offset: 7,
-        },
-    ];
     store
         .commit_batch(&BatchWrite {
             consumer_group: "g",
             leads: vec![&lead],
-            offsets,
+            offsets: vec![advance(0, None, 10), advance(1, None, 7)],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -122,11 +123,8 @@ async fn commit_overwrites_and_keeps_offsets<S: LeadStore>(store: &S, _url: &str
         .commit_batch(&BatchWrite {
             consumer_group: "g",
             leads: vec![&lead],
-            offsets: vec![PartitionOffset {
-                topic: "leads".into(),
-                partition: 0,
-                next_offset: 25,
-            }],
+            offsets: vec![advance(0, Some(10), 25)],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -134,29 +132,144 @@ async fn commit_overwrites_and_keeps_offsets<S: LeadStore>(store: &S, _url: &str
     assert_eq!(loaded.stage, Stage::ClosedWon);
     assert_eq!(loaded.events_applied, 9);
     assert_eq!(store.lead_count().await.unwrap(), 1);
-    assert_eq!(
-        store.partition_offsets("g").await.unwrap(),
-        vec![
-            PartitionOffset {
-                topic: "leads".into(),
-                partition: 0,
-                next_offset: 25
-            },
-            PartitionOffset {
-                topic: "leads".into(),
-                partition: 1,
-                next_offset: 7
-            },
-        ]
-    );
+    let expected = vec![
+        PartitionOffset {
+            topic: "leads".into(),
+            partition: 0,
+            next_offset: 25,
+        },
+        PartitionOffset {
+            topic: "leads".into(),
+            partition: 1,
+            next_offset: 7,
+        },
+    ];
+    assert_eq!(store.partition_offsets("g").await.unwrap(), expected);
     assert!(store
         .partition_offsets("other-group")
         .await
         .unwrap()
         .is_empty());
+
+    // A stale instance (it believes partition 0 is still at 10) is fenced,
+    // and nothing of its batch is written: not the lead, not partition 1.
+    let mut stale = lead.clone();
+    stale.stage = Stage::ClosedLost;
+    let err = store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![&stale],
+            offsets: vec![advance(1, Some(7), 9), advance(0, Some(10), 30)],
+            outbox: vec![outbox_row("o-stale", 0)],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Fenced {
+                partition: 0,
+                expected: Some(10),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(
+        store.get_lead("WEB-1").await.unwrap().unwrap().stage,
+        Stage::ClosedWon
+    );
+    assert_eq!(store.partition_offsets("g").await.unwrap(), expected);
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    // Creating a row another instance already created is fenced too.
+    let err = store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            offsets: vec![advance(1, None, 3)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Fenced {
+                partition: 1,
+                expected: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
-async fn loads_only_existing_leads_in_large_batches<S: LeadStore>(store: &S, _url: &str) {
+fn outbox_row(id: &str, partition: i32) -> NewOutboxRow {
+    NewOutboxRow {
+        output_id: id.into(),
+        topic: "lead-scores".into(),
+        key: format!("lead-{id}"),
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        source_partition: partition,
+        created_at: 1_700_000_000_000,
+    }
+}
+
+async fn outbox_keeps_order_per_partition_and_ignores_repeats<S: LeadStore>(
+    store: Arc<S>,
+    _url: &str,
+) {
+    let rows = vec![
+        outbox_row("a", 0),
+        outbox_row("b", 1),
+        outbox_row("c", 0),
+        outbox_row("d", 2),
+    ];
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            outbox: rows.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The same output ids again (a re-applied batch) add nothing.
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            outbox: vec![outbox_row("c", 0)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 4);
+    let pending = store.outbox_pending(&[0, 2], 10).await.unwrap();
+    let ids: Vec<&str> = pending.iter().map(|e| e.output_id.as_str()).collect();
+    assert_eq!(ids, ["a", "c", "d"]);
+    assert_eq!(pending[0].key, "lead-a");
+    assert_eq!(pending[0].payload, "{\"id\":\"a\"}");
+    assert_eq!(pending[0].topic, "lead-scores");
+    assert_eq!(
+        store.outbox_pending(&[0], 1).await.unwrap()[0].output_id,
+        "a"
+    );
+    assert!(store.outbox_pending(&[], 10).await.unwrap().is_empty());
+    store
+        .outbox_delete(&[pending[0].seq, pending[2].seq])
+        .await
+        .unwrap();
+    let left: Vec<String> = store
+        .outbox_pending(&[0, 1, 2], 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.output_id)
+        .collect();
+    assert_eq!(left, ["b", "c"]);
+    assert_eq!(store.outbox_depth().await.unwrap(), 2);
+}
+
+async fn loads_only_existing_leads_in_large_batches<S: LeadStore>(store: Arc<S>, _url: &str) {
     let leads: Vec<LeadState> = (0..1_203)
         .map(|i| full_state(&format!("L-{i:05}")))
         .collect();
@@ -164,7 +277,7 @@ async fn loads_only_existing_leads_in_large_batches<S: LeadStore>(store: &S, _ur
         .commit_batch(&BatchWrite {
             consumer_group: "g",
             leads: leads.iter().collect(),
-            offsets: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -187,7 +300,7 @@ async fn loads_only_existing_leads_in_large_batches<S: LeadStore>(store: &S, _ur
     assert_eq!(next[0].lead_ext_id, "L-00003");
 }
 
-async fn migrations_are_idempotent<S: LeadStore>(store: &S, _url: &str) {
+async fn migrations_are_idempotent<S: LeadStore>(store: Arc<S>, _url: &str) {
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     assert_eq!(store.lead_count().await.unwrap(), 0);
@@ -195,7 +308,8 @@ async fn migrations_are_idempotent<S: LeadStore>(store: &S, _url: &str) {
 
 backend_tests!(
     state_round_trips_field_by_field,
-    commit_overwrites_and_keeps_offsets,
+    commit_overwrites_and_fences_offsets,
+    outbox_keeps_order_per_partition_and_ignores_repeats,
     loads_only_existing_leads_in_large_batches,
     migrations_are_idempotent,
 );

@@ -137,16 +137,185 @@ macro_rules! backend_tests {
                 async fn postgres() {
                     let db = $crate::common::TestPg::new().await;
                     let store = db.store().await;
-                    super::$body(&store, &db.url).await;
+                    super::$body(std::sync::Arc::new(store), &db.url).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
                     let db = $crate::common::TestSqlite::new();
                     let store = db.store().await;
-                    super::$body(&store, &db.url).await;
+                    super::$body(std::sync::Arc::new(store), &db.url).await;
                 }
             }
         )+
     };
+}
+
+/// Every message of `topic`, read from the beginning to the high watermark
+/// of each partition (assigned, not in a group): (partition, key, value, headers).
+pub struct TopicMessage {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+pub fn read_topic(config: &Config, topic: &str) -> Vec<TopicMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::time::Duration;
+
+    let consumer: BaseConsumer = leadflow::kafka::client_config(
+        &config.kafka,
+        &[("group.id", "test-reader"), ("enable.auto.commit", "false")],
+    )
+    .create()
+    .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..config.kafka.partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    // The end is the high watermark librdkafka caches from fetch responses.
+    // Not ListOffsets: Nisshi 0.7.0 answers it with a count of record
+    // batches rather than the next offset (docs/DECISIONS.md).
+    let cached_high = |partition: i32| -> i64 {
+        let name = std::ffi::CString::new(topic).unwrap();
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: valid client pointer; reads librdkafka's cached state only.
+        unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                consumer.client().native_ptr(),
+                name.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            );
+        }
+        high
+    };
+    let mut next = vec![0i64; config.kafka.partitions as usize];
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = (0..config.kafka.partitions).all(|p| {
+            let high = cached_high(p);
+            high >= 0 && next[p as usize] >= high
+        });
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out reading {topic}"
+        );
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = result.unwrap();
+        next[m.partition() as usize] = m.offset() + 1;
+        out.push(TopicMessage {
+            partition: m.partition(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// The score ids published on the scores topic, in topic order (repeats kept).
+pub async fn published_score_ids(config: &Config) -> Vec<String> {
+    let codec = leadflow::codec::Codec::new(None);
+    let mut ids = Vec::new();
+    for m in read_topic(config, &config.topics.scores) {
+        let score: leadflow::events::LeadScore = codec.decode(&m.payload.unwrap()).await.unwrap();
+        let header = m
+            .headers
+            .iter()
+            .find(|(k, _)| k == "leadflow.output.id")
+            .map(|(_, v)| v.clone());
+        assert_eq!(
+            header.as_deref(),
+            Some(score.score_id.as_str()),
+            "output id header"
+        );
+        assert_eq!(
+            m.key.as_deref(),
+            Some(score.lead_ext_id.as_bytes()),
+            "keyed by lead"
+        );
+        ids.push(score.score_id);
+    }
+    ids
+}
+
+/// Every stored lead state, by id.
+pub async fn all_states<S: LeadStore>(
+    store: &S,
+) -> std::collections::BTreeMap<String, leadflow::lead::LeadState> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let page = store.list_leads(&after, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.lead_ext_id.clone();
+        let ids: Vec<&str> = page.iter().map(|l| l.lead_ext_id.as_str()).collect();
+        out.extend(store.load_leads(&ids).await.unwrap());
+    }
+    out
+}
+
+/// What one clean run of `events` gives: a replay into a fresh SQLite store.
+pub struct CleanRun {
+    pub states: std::collections::BTreeMap<String, leadflow::lead::LeadState>,
+    pub output_ids: std::collections::BTreeSet<String>,
+    pub outputs: usize,
+}
+
+pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent]) -> CleanRun {
+    let db = TestSqlite::new();
+    let store = db.store().await;
+    let (_, outputs) = leadflow::pipeline::replay::replay(config, &store, events.to_vec())
+        .await
+        .unwrap();
+    let output_ids = outputs
+        .iter()
+        .map(|o| match o {
+            leadflow::lead::Output::Score(s) => s.score_id.clone(),
+        })
+        .collect();
+    CleanRun {
+        states: all_states(&store).await,
+        output_ids,
+        outputs: outputs.len(),
+    }
+}
+
+/// Asserts two sets of lead states are equal, naming the first lead that differs.
+pub fn assert_same_states(
+    actual: &std::collections::BTreeMap<String, leadflow::lead::LeadState>,
+    expected: &std::collections::BTreeMap<String, leadflow::lead::LeadState>,
+) {
+    assert_eq!(actual.len(), expected.len(), "number of leads");
+    for (id, want) in expected {
+        let got = actual
+            .get(id)
+            .unwrap_or_else(|| panic!("lead {id} missing"));
+        assert_eq!(got, want, "state of lead {id}");
+    }
 }

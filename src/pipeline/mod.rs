@@ -1,0 +1,1008 @@
+//! The processing loop: effectively-once with the database as the record of
+//! truth.
+//!
+//! - **Assignment.** The consumer's rebalance callback reads the next offset
+//!   of every assigned partition from the database and assigns once with
+//!   those offsets (as rust-arroyo does); a partition the database has never
+//!   seen starts from the beginning. Kafka's committed offsets are written
+//!   too, after each batch, but only for lag monitoring.
+//! - **Order.** Each partition group (partition p of the three co-partitioned
+//!   input topics) is merged by event time ([`merge`]), so a lead's events
+//!   are applied in one deterministic order.
+//! - **Batches.** The merged events are applied by the pure core; the touched
+//!   leads, the output events (outbox) and each partition's offset advance go
+//!   into one database transaction. The advance is a compare-and-set: an
+//!   instance that lost a partition without noticing is fenced off and stops.
+//! - **Outputs.** The [`outbox`] relay publishes committed outputs with an
+//!   idempotent producer and deletes them after the broker's ack.
+//! - **Bad input.** A message that cannot be decoded goes to the dead-letter
+//!   topic with its reason, and its offset is committed with the batch. If
+//!   most of a window of messages is bad, the processor stops: that is a bad
+//!   deploy, not bad data. Transient failures (database, broker, registry) are
+//!   retried with backoff and never dead-lettered.
+
+pub mod merge;
+pub mod outbox;
+pub mod replay;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ffi::CString;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::bindings as rdsys;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{watch, Notify};
+use tokio::time::sleep;
+use tracing::{error, info, warn};
+
+use crate::codec::{Codec, CodecError};
+use crate::config::Config;
+use crate::events::{InputEvent, InputStream, Millis};
+use crate::kafka::{client_config, producer};
+use crate::lead::{apply, ApplyContext, LeadState, Output};
+use crate::metrics::Metrics;
+use crate::store::{BatchWrite, LeadStore, NewOutboxRow, OffsetAdvance, StoreError};
+
+use merge::{MergeBuffer, Pending};
+use outbox::OutboxRelay;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "{invalid} of the last {window} messages could not be processed (most recent: {last_reason}); \
+         stopping, as this looks like a bad deploy or a wrong topic rather than bad data. \
+         Raise processor.dead_letter_max_ratio if it is expected"
+    )]
+    TooManyInvalid {
+        invalid: usize,
+        window: usize,
+        last_reason: String,
+    },
+    #[error("the processor needs a multi-threaded tokio runtime (the rebalance callback reads the store)")]
+    Runtime,
+    #[error("partition assignment failed: {0}")]
+    Assignment(String),
+}
+
+/// A consumed message, detached from the consumer's buffer.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Why a message went to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl From<&CodecError> for Rejection {
+    fn from(e: &CodecError) -> Self {
+        Rejection {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Dead-letter headers: where the message came from and why it was rejected.
+pub mod dlq_headers {
+    pub const SOURCE_TOPIC: &str = "leadflow.source.topic";
+    pub const SOURCE_PARTITION: &str = "leadflow.source.partition";
+    pub const SOURCE_OFFSET: &str = "leadflow.source.offset";
+    pub const ERROR_KIND: &str = "leadflow.error.kind";
+    pub const ERROR_MESSAGE: &str = "leadflow.error.message";
+}
+
+/// Counters of one run, logged on exit and returned to callers and tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RunSummary {
+    pub consumed: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub outputs: u64,
+    pub batches: u64,
+}
+
+pub struct RunOptions {
+    /// Stop after this long without a new message (for scripts and tests).
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// An event and the input partition it came from.
+pub struct Sourced<'e> {
+    pub partition: i32,
+    pub event: &'e InputEvent,
+}
+
+/// What applying a batch produced: the new states of the leads it changed
+/// and the outputs, each with the partition of the event that caused it.
+pub struct AppliedBatch {
+    pub leads: Vec<LeadState>,
+    pub outputs: Vec<(i32, Output)>,
+}
+
+/// Applies a batch of events to their leads, in order, loading each lead
+/// once. `clock` gives the processor's time for each event: wall time live,
+/// event time in a replay.
+pub async fn apply_batch<S: LeadStore>(
+    store: &S,
+    events: &[Sourced<'_>],
+    config: &Config,
+    clock: impl Fn(&InputEvent) -> Millis,
+    summary: &mut RunSummary,
+) -> Result<AppliedBatch, StoreError> {
+    let mut ids: Vec<&str> = events.iter().map(|e| e.event.lead_ext_id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut states: HashMap<String, LeadState> = store.load_leads(&ids).await?;
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let mut outputs = Vec::new();
+    for sourced in events {
+        let event = sourced.event;
+        let id = event.lead_ext_id();
+        let ctx = ApplyContext {
+            scoring: &config.scoring,
+            dedup_window: config.processor.dedup_window,
+            now: clock(event),
+        };
+        let applied = apply(states.remove(id), event, &ctx);
+        if applied.duplicate {
+            summary.duplicates += 1;
+        } else {
+            summary.applied += 1;
+            touched.insert(id.to_string());
+        }
+        summary.outputs += applied.outputs.len() as u64;
+        outputs.extend(applied.outputs.into_iter().map(|o| (sourced.partition, o)));
+        states.insert(id.to_string(), applied.state);
+    }
+    Ok(AppliedBatch {
+        leads: touched
+            .into_iter()
+            .filter_map(|id| states.remove(&id))
+            .collect(),
+        outputs,
+    })
+}
+
+/// The outbox row for an output: its topic, key and JSON payload.
+pub fn outbox_row(config: &Config, partition: i32, output: &Output, now: Millis) -> NewOutboxRow {
+    let (output_id, topic, key) = match output {
+        Output::Score(s) => (&s.score_id, &config.topics.scores, &s.lead_ext_id),
+    };
+    NewOutboxRow {
+        output_id: output_id.clone(),
+        topic: topic.clone(),
+        key: key.clone(),
+        payload: serde_json::to_string(output).expect("outputs are plain data"),
+        source_partition: partition,
+        created_at: now,
+    }
+}
+
+/// Retries a store operation while its error is transient, with capped
+/// exponential backoff. The loop never skips ahead: it waits.
+pub async fn with_store_retry<T, F, Fut>(
+    what: &str,
+    metrics: &Metrics,
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                metrics.store_retries.inc();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}: store unavailable, retrying");
+                sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+type TopicPartition = (String, i32);
+
+/// This instance's partitions and where the database says each one stands,
+/// shared by the rebalance callback, the loop and the outbox relay.
+#[derive(Default)]
+pub struct Assignment {
+    state: Mutex<AssignmentState>,
+}
+
+#[derive(Default, Clone)]
+struct AssignmentState {
+    /// Bumped by every rebalance: the loop drops what it buffered before.
+    generation: u64,
+    /// Owned topic-partitions and their stored next offset (`None`: no row yet).
+    positions: BTreeMap<TopicPartition, Option<i64>>,
+    /// Set when the callback could not read the store; the loop stops on it.
+    failure: Option<String>,
+}
+
+impl Assignment {
+    fn snapshot(&self) -> AssignmentState {
+        self.state.lock().expect("assignment lock").clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.lock().expect("assignment lock").generation
+    }
+
+    /// The input partition numbers owned; the outbox relay publishes their rows.
+    pub fn owned_partition_numbers(&self) -> Vec<i32> {
+        let state = self.state.lock().expect("assignment lock");
+        let set: BTreeSet<i32> = state.positions.keys().map(|(_, p)| *p).collect();
+        set.into_iter().collect()
+    }
+}
+
+/// The consumer context: assigns partitions at the offsets the store holds.
+pub struct AssignmentContext<S> {
+    store: Arc<S>,
+    group: String,
+    assignment: Arc<Assignment>,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<S: LeadStore + 'static> ClientContext for AssignmentContext<S> {}
+
+impl<S: LeadStore + 'static> ConsumerContext for AssignmentContext<S> {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut state = self.assignment.state.lock().expect("assignment lock");
+        state.generation += 1;
+        state.positions.clear();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // The callback runs inside the consumer's poll on a runtime
+                // worker; block_in_place lets the store query run there.
+                let stored = tokio::task::block_in_place(|| {
+                    self.runtime.block_on(with_store_retry(
+                        "read partition offsets",
+                        &self.metrics,
+                        || self.store.partition_offsets(&self.group),
+                    ))
+                });
+                let stored = match stored {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        error!(error = %e, "cannot read partition offsets; assigning nothing");
+                        state.failure = Some(e.to_string());
+                        let _ = base.unassign();
+                        return;
+                    }
+                };
+                let by_tp: HashMap<(&str, i32), i64> = stored
+                    .iter()
+                    .map(|o| ((o.topic.as_str(), o.partition), o.next_offset))
+                    .collect();
+                let mut assigned = TopicPartitionList::new();
+                for elem in tpl.elements() {
+                    let next = by_tp.get(&(elem.topic(), elem.partition())).copied();
+                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) =
+                        assigned.add_partition_offset(elem.topic(), elem.partition(), offset)
+                    {
+                        error!(error = %e, "cannot build the assignment");
+                    }
+                    state
+                        .positions
+                        .insert((elem.topic().to_string(), elem.partition()), next);
+                }
+                info!(
+                    partitions = assigned.count(),
+                    generation = state.generation,
+                    "partitions assigned at stored offsets"
+                );
+                self.metrics
+                    .assigned_partitions
+                    .set(assigned.count() as i64);
+                if let Err(e) = base.assign(&assigned) {
+                    error!(error = %e, "assign failed");
+                    state.failure = Some(e.to_string());
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(
+                    partitions = tpl.count(),
+                    generation = state.generation,
+                    "partitions revoked"
+                );
+                self.metrics.assigned_partitions.set(0);
+                self.metrics.consumer_lag.reset();
+                let _ = base.unassign();
+            }
+            other => {
+                error!(error = ?other, "rebalance error; unassigning");
+                self.metrics.assigned_partitions.set(0);
+                let _ = base.unassign();
+            }
+        }
+    }
+}
+
+/// A decoded (or rejected) message waiting in a merge buffer.
+pub enum Decoded {
+    Event(InputEvent),
+    Rejected(RawMessage, Rejection),
+}
+
+/// Counts invalid messages over a sliding window of messages.
+struct DeadLetterBudget {
+    window: usize,
+    max_invalid: usize,
+    recent: VecDeque<bool>,
+    invalid: usize,
+}
+
+impl DeadLetterBudget {
+    fn new(window: usize, max_ratio: f64) -> Self {
+        DeadLetterBudget {
+            window,
+            max_invalid: (window as f64 * max_ratio).floor() as usize,
+            recent: VecDeque::with_capacity(window),
+            invalid: 0,
+        }
+    }
+
+    /// Records one message; returns the invalid count when it passes the bound.
+    fn record(&mut self, invalid: bool) -> Option<usize> {
+        self.recent.push_back(invalid);
+        self.invalid += invalid as usize;
+        if self.recent.len() > self.window && self.recent.pop_front() == Some(true) {
+            self.invalid -= 1;
+        }
+        (self.invalid > self.max_invalid).then_some(self.invalid)
+    }
+}
+
+/// What the loop holds between fetches.
+#[derive(Default)]
+struct LoopState {
+    generation: u64,
+    positions: BTreeMap<TopicPartition, Option<i64>>,
+    /// Next offset after the last message received per topic-partition.
+    received: HashMap<TopicPartition, i64>,
+    buffers: BTreeMap<i32, MergeBuffer<Decoded>>,
+    /// Since when each partition group has been waiting on an empty stream.
+    waiting_since: HashMap<i32, Instant>,
+}
+
+impl LoopState {
+    fn buffered(&self) -> usize {
+        self.buffers.values().map(MergeBuffer::len).sum()
+    }
+}
+
+pub struct Pipeline<S: LeadStore + 'static> {
+    config: Config,
+    store: Arc<S>,
+    codec: Arc<Codec>,
+    metrics: Arc<Metrics>,
+    consumer: StreamConsumer<AssignmentContext<S>>,
+    producer: FutureProducer,
+    assignment: Arc<Assignment>,
+}
+
+impl<S: LeadStore + 'static> Pipeline<S> {
+    pub fn new(
+        config: Config,
+        store: Arc<S>,
+        codec: Arc<Codec>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, PipelineError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| PipelineError::Runtime)?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(PipelineError::Runtime);
+        }
+        let assignment = Arc::new(Assignment::default());
+        let context = AssignmentContext {
+            store: store.clone(),
+            group: config.kafka.group_id.clone(),
+            assignment: assignment.clone(),
+            metrics: metrics.clone(),
+            runtime,
+        };
+        let session_timeout = config.kafka.session_timeout_ms.to_string();
+        let consumer: StreamConsumer<AssignmentContext<S>> = client_config(
+            &config.kafka,
+            &[
+                ("group.id", config.kafka.group_id.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", session_timeout.as_str()),
+                ("enable.partition.eof", "false"),
+            ],
+        )
+        .create_with_context(context)?;
+        let topics: Vec<&str> = InputStream::ALL
+            .iter()
+            .map(|s| config.topics.input(*s))
+            .collect();
+        consumer.subscribe(&topics)?;
+        let producer = producer(&config.kafka)?;
+        Ok(Pipeline {
+            config,
+            store,
+            codec,
+            metrics,
+            consumer,
+            producer,
+            assignment,
+        })
+    }
+
+    /// Runs until `shutdown` resolves (or the idle limit passes): finishes the
+    /// batch in hand, flushes the outbox, then leaves the group.
+    pub async fn run(
+        &self,
+        options: RunOptions,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, PipelineError> {
+        let (stop_relay, relay_stop) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        if let Ok(depth) = self.store.outbox_depth().await {
+            self.metrics.outbox_depth.set(depth);
+        }
+        let relay = tokio::spawn(
+            OutboxRelay {
+                store: self.store.clone(),
+                codec: self.codec.clone(),
+                producer: self.producer.clone(),
+                assignment: self.assignment.clone(),
+                wake: wake.clone(),
+                metrics: self.metrics.clone(),
+            }
+            .run(relay_stop),
+        );
+        let result = self.consume(options, shutdown, &wake).await;
+        // Flush what the batches committed before leaving the group.
+        let _ = stop_relay.send(true);
+        if let Err(e) = relay.await {
+            warn!(error = %e, "outbox relay ended abnormally");
+        }
+        self.consumer.unsubscribe();
+        match &result {
+            Ok(summary) => info!(?summary, "processor stopped"),
+            Err(e) => error!(error = %e, "processor failed"),
+        }
+        result
+    }
+
+    async fn consume(
+        &self,
+        options: RunOptions,
+        shutdown: impl Future<Output = ()>,
+        wake: &Notify,
+    ) -> Result<RunSummary, PipelineError> {
+        tokio::pin!(shutdown);
+        let mut summary = RunSummary::default();
+        let mut state = LoopState::default();
+        let mut budget = DeadLetterBudget::new(
+            self.config.processor.dead_letter_window,
+            self.config.processor.dead_letter_max_ratio,
+        );
+        let mut last_activity = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                received = self.receive(&mut state, &mut summary) => received?,
+            };
+            if let Some(failure) = self.assignment.snapshot().failure {
+                return Err(PipelineError::Assignment(failure));
+            }
+            self.sync_assignment(&mut state);
+            let ready = self.drain_ready(&mut state);
+            // Idle time counts only while this instance owns partitions: an
+            // instance waiting for its assignment is not idle.
+            if received > 0 || !ready.is_empty() || state.positions.is_empty() {
+                last_activity = Instant::now();
+            }
+            if !ready.is_empty() {
+                self.process(ready, &mut state, &mut summary, &mut budget)
+                    .await?;
+                wake.notify_one();
+            } else if let Some(idle) = options.exit_when_idle {
+                if state.buffered() == 0 && last_activity.elapsed() >= idle {
+                    info!(idle_secs = idle.as_secs(), "no new messages; stopping");
+                    break;
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                self.update_lag(&state);
+                info!(?summary, buffered = state.buffered(), "progress");
+                last_report = Instant::now();
+            }
+        }
+        self.update_lag(&state);
+        Ok(summary)
+    }
+
+    /// After a rebalance, forget everything buffered: the new assignment
+    /// restarts every partition at its stored offset.
+    fn sync_assignment(&self, state: &mut LoopState) {
+        let generation = self.assignment.generation();
+        if generation != state.generation {
+            let snapshot = self.assignment.snapshot();
+            *state = LoopState {
+                generation: snapshot.generation,
+                positions: snapshot.positions,
+                ..LoopState::default()
+            };
+        }
+    }
+
+    /// Receives up to `batch_size` messages into the merge buffers: waits up
+    /// to a second for the first, then at most `batch_linger_ms` for the rest.
+    async fn receive(
+        &self,
+        state: &mut LoopState,
+        summary: &mut RunSummary,
+    ) -> Result<usize, PipelineError> {
+        let p = &self.config.processor;
+        let first_wait = if state.buffered() > 0 {
+            Duration::from_millis(p.batch_linger_ms.max(10))
+        } else {
+            Duration::from_secs(1)
+        };
+        let mut deadline = tokio::time::Instant::now() + first_wait;
+        let mut received = 0;
+        while received < p.batch_size {
+            let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "consumer error");
+                    continue;
+                }
+                Ok(Ok(m)) => m,
+            };
+            if received == 0 {
+                deadline = tokio::time::Instant::now() + Duration::from_millis(p.batch_linger_ms);
+            }
+            received += 1;
+            self.sync_assignment(state);
+            let raw = RawMessage {
+                topic: message.topic().to_string(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            };
+            drop(message);
+            self.buffer(raw, state, summary).await;
+        }
+        Ok(received)
+    }
+
+    async fn buffer(&self, raw: RawMessage, state: &mut LoopState, summary: &mut RunSummary) {
+        let tp = (raw.topic.clone(), raw.partition);
+        let Some(position) = state.positions.get(&tp).copied() else {
+            // A message fetched for a partition this instance no longer owns.
+            return;
+        };
+        let Some(stream) = self.config.topics.stream_of(&raw.topic) else {
+            return;
+        };
+        let next = state.received.get(&tp).copied().or(position).unwrap_or(0);
+        if raw.offset < next {
+            // Already applied (the store's offset is past it) or already buffered.
+            return;
+        }
+        state.received.insert(tp, raw.offset + 1);
+        summary.consumed += 1;
+        self.metrics
+            .events_consumed
+            .with_label_values(&[&raw.topic])
+            .inc();
+        let offset = raw.offset;
+        let partition = raw.partition;
+        let (time, item) = match self.decode(stream, &raw).await {
+            Ok(event) => (Some(event.occurred_at()), Decoded::Event(event)),
+            Err(rejection) => (None, Decoded::Rejected(raw, rejection)),
+        };
+        state
+            .buffers
+            .entry(partition)
+            .or_default()
+            .push(stream, Pending { offset, time, item });
+    }
+
+    /// The records whose place in the merged order is certain, per group.
+    fn drain_ready(&self, state: &mut LoopState) -> Vec<(i32, InputStream, Pending<Decoded>)> {
+        let max_wait = Duration::from_millis(self.config.processor.max_merge_wait_ms);
+        let mut ready = Vec::new();
+        let partitions: Vec<i32> = state.buffers.keys().copied().collect();
+        for partition in partitions {
+            let waited_enough = state
+                .waiting_since
+                .get(&partition)
+                .is_some_and(|since| since.elapsed() >= max_wait);
+            let caught_up = |stream: InputStream| {
+                let topic = self.config.topics.input(stream);
+                let tp = (topic.to_string(), partition);
+                let Some(position) = state.positions.get(&tp) else {
+                    return true;
+                };
+                let next = state.received.get(&tp).copied().or(*position).unwrap_or(0);
+                matches!(self.cached_high_watermark(topic, partition), Some(high) if next >= high)
+            };
+            let mut out = Vec::new();
+            let buffer = state.buffers.get_mut(&partition).expect("listed partition");
+            buffer.drain(|s| waited_enough || caught_up(s), &mut out);
+            if buffer.is_empty() {
+                state.waiting_since.remove(&partition);
+            } else if out.is_empty() {
+                state
+                    .waiting_since
+                    .entry(partition)
+                    .or_insert_with(Instant::now);
+            } else {
+                state.waiting_since.insert(partition, Instant::now());
+            }
+            ready.extend(out.into_iter().map(|(s, p)| (partition, s, p)));
+        }
+        ready
+    }
+
+    /// librdkafka's high watermark from its last fetch response (no request).
+    fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid for the consumer's lifetime and
+        // the function only reads librdkafka's cached partition state.
+        let err = unsafe {
+            rdsys::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+    }
+
+    fn update_lag(&self, state: &LoopState) {
+        for ((topic, partition), position) in &state.positions {
+            if let Some(high) = self.cached_high_watermark(topic, *partition) {
+                let lag = (high - position.unwrap_or(0)).max(0);
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic, &partition.to_string()])
+                    .set(lag);
+            }
+        }
+    }
+
+    async fn process(
+        &self,
+        ready: Vec<(i32, InputStream, Pending<Decoded>)>,
+        state: &mut LoopState,
+        summary: &mut RunSummary,
+        budget: &mut DeadLetterBudget,
+    ) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        let mut advances: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut events: Vec<(i32, InputEvent)> = Vec::with_capacity(ready.len());
+        for (partition, stream, pending) in ready {
+            let tp = (self.config.topics.input(stream).to_string(), partition);
+            let next = advances.entry(tp).or_insert(0);
+            *next = (*next).max(pending.offset + 1);
+            match pending.item {
+                Decoded::Event(event) => {
+                    budget.record(false);
+                    events.push((partition, event));
+                }
+                Decoded::Rejected(raw, rejection) => {
+                    self.dead_letter(&raw, &rejection).await;
+                    summary.dead_lettered += 1;
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&[rejection.kind])
+                        .inc();
+                    if let Some(invalid) = budget.record(true) {
+                        return Err(PipelineError::TooManyInvalid {
+                            invalid,
+                            window: budget.window,
+                            last_reason: format!("{}: {}", rejection.kind, rejection.message),
+                        });
+                    }
+                }
+            }
+        }
+        let offsets: Vec<OffsetAdvance> = advances
+            .iter()
+            .map(|(tp, to)| OffsetAdvance {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                from: state.positions.get(tp).copied().flatten(),
+                to: *to,
+            })
+            .collect();
+        let sourced: Vec<Sourced<'_>> = events
+            .iter()
+            .map(|(partition, event)| Sourced {
+                partition: *partition,
+                event,
+            })
+            .collect();
+        let now = wall_clock_millis();
+        let before = summary.clone();
+        // A commit whose acknowledgement was lost (the connection dropped
+        // after the database committed) looks like a fenced advance on the
+        // retry. If the stored offsets are exactly where this batch put them,
+        // it is this batch's own commit: keep the first attempt's result.
+        let failed_attempt: Mutex<Option<(RunSummary, usize)>> = Mutex::new(None);
+        let (after, outputs) = with_store_retry("commit batch", &self.metrics, || async {
+            // Re-applied from the stored state on every attempt, so a retry
+            // after a failed transaction starts from what was committed.
+            let mut attempt = before.clone();
+            let applied = apply_batch(
+                self.store.as_ref(),
+                &sourced,
+                &self.config,
+                |_| now,
+                &mut attempt,
+            )
+            .await?;
+            let outbox: Vec<NewOutboxRow> = applied
+                .outputs
+                .iter()
+                .map(|(partition, output)| outbox_row(&self.config, *partition, output, now))
+                .collect();
+            let written = outbox.len();
+            let committed = self
+                .store
+                .commit_batch(&BatchWrite {
+                    consumer_group: &self.config.kafka.group_id,
+                    leads: applied.leads.iter().collect(),
+                    offsets: offsets.clone(),
+                    outbox,
+                })
+                .await;
+            match committed {
+                Ok(()) => Ok((attempt, written)),
+                Err(StoreError::Fenced { .. })
+                    if failed_attempt.lock().expect("attempt lock").is_some() =>
+                {
+                    if self.offsets_stored(&offsets).await? {
+                        Ok(failed_attempt
+                            .lock()
+                            .expect("attempt lock")
+                            .take()
+                            .expect("checked"))
+                    } else {
+                        committed.map(|()| (attempt, written))
+                    }
+                }
+                Err(e) => {
+                    failed_attempt
+                        .lock()
+                        .expect("attempt lock")
+                        .get_or_insert((attempt, written));
+                    Err(e)
+                }
+            }
+        })
+        .await?;
+        self.metrics
+            .events_applied
+            .inc_by(after.applied - before.applied);
+        self.metrics
+            .events_duplicate
+            .inc_by(after.duplicates - before.duplicates);
+        self.metrics.outputs_written.inc_by(outputs as u64);
+        self.metrics.outbox_depth.add(outputs as i64);
+        self.metrics
+            .batch_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_events.observe(events.len() as f64);
+        *summary = after;
+        summary.batches += 1;
+
+        let mut tpl = TopicPartitionList::new();
+        for advance in &offsets {
+            state
+                .positions
+                .insert((advance.topic.clone(), advance.partition), Some(advance.to));
+            tpl.add_partition_offset(
+                &advance.topic,
+                advance.partition,
+                Offset::Offset(advance.to),
+            )?;
+        }
+        // Kafka's committed offsets only serve lag monitoring; the store's
+        // are the ones the consumer starts from.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            warn!(error = %e, "kafka offset commit failed (lag monitoring only)");
+        }
+        Ok(())
+    }
+
+    /// Whether the store's offsets are exactly the ones `advances` lead to.
+    async fn offsets_stored(&self, advances: &[OffsetAdvance]) -> Result<bool, StoreError> {
+        let stored = self
+            .store
+            .partition_offsets(&self.config.kafka.group_id)
+            .await?;
+        Ok(advances.iter().all(|a| {
+            stored
+                .iter()
+                .any(|o| o.topic == a.topic && o.partition == a.partition && o.next_offset == a.to)
+        }))
+    }
+
+    async fn decode(
+        &self,
+        stream: InputStream,
+        message: &RawMessage,
+    ) -> Result<InputEvent, Rejection> {
+        let payload = message.payload.as_deref().ok_or_else(|| Rejection {
+            kind: "empty",
+            message: "message has no value".into(),
+        })?;
+        let limit = self.config.processor.max_message_bytes;
+        if payload.len() > limit {
+            return Err(Rejection {
+                kind: "too_large",
+                message: format!(
+                    "value is {} bytes, more than processor.max_message_bytes = {limit}",
+                    payload.len()
+                ),
+            });
+        }
+        let key = message.key.as_deref().ok_or_else(|| Rejection {
+            kind: "missing_key",
+            message: "message has no key; input topics are keyed by lead_ext_id".into(),
+        })?;
+        let mut delay = Duration::from_millis(200);
+        let event = loop {
+            match self.codec.decode_input(stream, payload).await {
+                Ok(event) => break event,
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, "decode: transient failure, retrying");
+                    sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(Rejection::from(&e)),
+            }
+        };
+        if key != event.lead_ext_id().as_bytes() {
+            return Err(Rejection {
+                kind: "key_mismatch",
+                message: format!(
+                    "key `{}` differs from lead_ext_id `{}`; the lead's events would be split across partitions",
+                    String::from_utf8_lossy(key),
+                    event.lead_ext_id()
+                ),
+            });
+        }
+        Ok(event)
+    }
+
+    /// Writes a rejected message to the dead-letter topic, retrying until
+    /// the broker acknowledges it: a dead letter is never dropped.
+    async fn dead_letter(&self, message: &RawMessage, rejection: &Rejection) {
+        warn!(
+            topic = %message.topic,
+            partition = message.partition,
+            offset = message.offset,
+            kind = rejection.kind,
+            error = %rejection.message,
+            "dead-lettering message"
+        );
+        let partition = message.partition.to_string();
+        let offset = message.offset.to_string();
+        let topic = &self.config.topics.dlq;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(header(dlq_headers::SOURCE_TOPIC, &message.topic))
+                .insert(header(dlq_headers::SOURCE_PARTITION, &partition))
+                .insert(header(dlq_headers::SOURCE_OFFSET, &offset))
+                .insert(header(dlq_headers::ERROR_KIND, rejection.kind))
+                .insert(header(dlq_headers::ERROR_MESSAGE, &rejection.message));
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &message.payload {
+                record = record.payload(payload.as_slice());
+            }
+            match self.producer.send(record, Duration::from_secs(30)).await {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    warn!(error = %e, topic = %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter write failed, retrying");
+                    sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+fn header<'h>(key: &'h str, value: &'h str) -> Header<'h, &'h str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+/// Reads a header as text, for tests and tools that inspect dead letters.
+pub fn header_value(headers: &impl Headers, key: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+pub fn wall_clock_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeadLetterBudget;
+
+    #[test]
+    fn dead_letter_budget_trips_only_when_most_of_the_window_is_bad() {
+        let mut budget = DeadLetterBudget::new(10, 0.5);
+        // Scattered bad messages never trip it.
+        for i in 0..100 {
+            assert_eq!(budget.record(i % 3 == 0), None, "message {i}");
+        }
+        let mut budget = DeadLetterBudget::new(10, 0.5);
+        for _ in 0..5 {
+            assert_eq!(budget.record(true), None);
+        }
+        assert_eq!(budget.record(true), Some(6));
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let mut budget = DeadLetterBudget::new(4, 0.5);
+        assert_eq!(budget.record(true), None);
+        assert_eq!(budget.record(true), None);
+        assert_eq!(budget.record(false), None);
+        assert_eq!(budget.record(false), None);
+        // Bad messages leave the window as new ones enter: [F, F, T, T].
+        assert_eq!(budget.record(true), None);
+        assert_eq!(budget.record(true), None);
+        // [F, T, T, T]
+        assert_eq!(budget.record(true), Some(3));
+    }
+}

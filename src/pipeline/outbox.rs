@@ -1,0 +1,137 @@
+//! The outbox relay: publishes the output events that batches wrote to the
+//! `outbox` table, in order per source partition, with an idempotent
+//! producer, and deletes each row only after the broker acknowledged it.
+//!
+//! A crash between the acknowledgement and the delete publishes those rows
+//! again after the restart. Every output id is deterministic, so a consumer
+//! can tell the repeat; nothing is ever lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{watch, Notify};
+use tracing::warn;
+
+use crate::codec::{Codec, CodecError};
+use crate::lead::Output;
+use crate::metrics::Metrics;
+use crate::store::{LeadStore, OutboxEntry};
+
+use super::{with_store_retry, Assignment};
+
+/// Rows published per round trip to the store.
+const RELAY_BATCH: i64 = 500;
+
+pub const OUTPUT_ID_HEADER: &str = "leadflow.output.id";
+
+pub struct OutboxRelay<S> {
+    pub store: Arc<S>,
+    pub codec: Arc<Codec>,
+    pub producer: FutureProducer,
+    pub assignment: Arc<Assignment>,
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    #[error("outbox row {0} does not decode: {1}")]
+    Payload(String, String),
+    #[error("encode: {0}")]
+    Codec(#[from] CodecError),
+    #[error("broker: {0}")]
+    Broker(String),
+}
+
+impl<S: LeadStore + 'static> OutboxRelay<S> {
+    /// Publishes until `stop` turns true, then drains what the owned
+    /// partitions still have pending and returns.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let stopping = *stop.borrow();
+            let partitions = self.assignment.owned_partition_numbers();
+            let rows = match with_store_retry("outbox read", &self.metrics, || {
+                self.store.outbox_pending(&partitions, RELAY_BATCH)
+            })
+            .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!(error = %e, "outbox relay cannot read the outbox; stopping the relay");
+                    return;
+                }
+            };
+            if rows.is_empty() {
+                if stopping {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            match self.publish(&rows).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+                    if let Err(e) = with_store_retry("outbox delete", &self.metrics, || {
+                        self.store.outbox_delete(&seqs)
+                    })
+                    .await
+                    {
+                        warn!(error = %e, "outbox relay cannot delete published rows; stopping the relay");
+                        return;
+                    }
+                    self.metrics.outbox_depth.sub(rows.len() as i64);
+                }
+                Err(e) => {
+                    self.metrics.relay_errors.inc();
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: publish failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, rows: &[OutboxEntry]) -> Result<(), PublishError> {
+        let mut acks = FuturesOrdered::new();
+        for row in rows {
+            let output: Output = serde_json::from_str(&row.payload)
+                .map_err(|e| PublishError::Payload(row.output_id.clone(), e.to_string()))?;
+            let payload = match &output {
+                Output::Score(score) => self.codec.encode(&row.topic, score).await?,
+            };
+            let producer = &self.producer;
+            acks.push_back(async move {
+                let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: OUTPUT_ID_HEADER,
+                    value: Some(row.output_id.as_str()),
+                });
+                let record = FutureRecord::to(&row.topic)
+                    .key(&row.key)
+                    .payload(&payload)
+                    .headers(headers);
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map(|_| row.topic.clone())
+                    .map_err(|(e, _)| PublishError::Broker(e.to_string()))
+            });
+        }
+        while let Some(ack) = acks.next().await {
+            let topic = ack?;
+            self.metrics
+                .outputs_published
+                .with_label_values(&[&topic])
+                .inc();
+        }
+        Ok(())
+    }
+}
