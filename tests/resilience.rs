@@ -1,0 +1,355 @@
+//! SPEC §5 under failure: the processor as a real child process, killed with
+//! SIGKILL mid-stream, joined by a second instance and left by the first,
+//! and cut off from its database. Each time the final state and the set of
+//! published output ids must equal one clean run of the same events.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leadflow::codec::Codec;
+use leadflow::config::Config;
+use leadflow::kafka::{self, InputFormat};
+use leadflow::metrics::Metrics;
+use leadflow::pipeline::{Pipeline, RunOptions};
+use leadflow::simulate::{self, SimulationParams};
+use leadflow::store::{LeadStore, PgStore};
+
+use common::{
+    all_states, assert_same_states, clean_run, published_score_ids, test_config, CleanRun,
+};
+
+fn resilience_config(url: &str) -> Config {
+    let mut config = test_config(url);
+    // Small batches: many commits, so the kills land mid-stream.
+    config.processor.batch_size = 10;
+    config.processor.batch_linger_ms = 5;
+    // Everything is published up front: let the merge wait for every stream
+    // so the order (and hence every output id) is exactly the clean run's.
+    config.processor.max_merge_wait_ms = 30_000;
+    config.http.listen = "127.0.0.1:0".into();
+    config
+}
+
+fn write_config(dir: &Path, config: &Config) -> PathBuf {
+    let path = dir.join("leadflow.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    path
+}
+
+fn spawn_processor(config_path: &Path, log: &Path, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_leadflow"))
+        .arg("--config")
+        .arg(config_path)
+        .arg("run")
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env("LEADFLOW_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start leadflow run")
+}
+
+/// Input messages the store has committed, over all partitions.
+async fn progress<S: LeadStore>(store: &S, config: &Config) -> i64 {
+    store
+        .partition_offsets(&config.kafka.group_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.next_offset)
+        .sum()
+}
+
+async fn wait_for_progress<S: LeadStore>(
+    store: &S,
+    config: &Config,
+    at_least: i64,
+    child: &mut Child,
+    log: &Path,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if progress(store, config).await >= at_least {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "processor exited early ({status}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress to {at_least}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn wait_for_exit(child: &mut Child, log: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "processor failed ({status}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "processor did not stop; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn assert_equals_clean_run<S: LeadStore>(store: &S, config: &Config, clean: &CleanRun) {
+    assert_same_states(&all_states(store).await, &clean.states);
+    assert_eq!(store.outbox_depth().await.unwrap(), 0, "outbox drained");
+    let published = published_score_ids(config).await;
+    let distinct: BTreeSet<String> = published.iter().cloned().collect();
+    // No gaps and nothing that a clean run would not have emitted. A row
+    // acknowledged by the broker just before a kill is published again with
+    // the same id after the restart; consumers drop such repeats by id.
+    assert_eq!(distinct, clean.output_ids, "published output ids");
+}
+
+async fn publish(config: &Config, seed: u64, leads: u32) -> Vec<leadflow::events::InputEvent> {
+    kafka::create_topics(config).await.unwrap();
+    let events = simulate::generate(&SimulationParams {
+        seed,
+        leads,
+        days: 30,
+        start: 1_767_225_600_000,
+    });
+    kafka::publish_inputs(config, &Codec::new(None), &events, InputFormat::Avro, 0)
+        .await
+        .unwrap();
+    events
+}
+
+async fn survives_sigkill_at_several_points<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
+    let config = resilience_config(url);
+    let events = publish(&config, 21, 250).await;
+    let total = events.len() as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &config);
+    let log = dir.path().join("processor.log");
+    let mut killed_at = Vec::new();
+    for fraction in [0.2, 0.45, 0.7] {
+        let mut child = spawn_processor(&config_path, &log, &[]);
+        wait_for_progress(
+            store.as_ref(),
+            &config,
+            (total as f64 * fraction) as i64,
+            &mut child,
+            &log,
+        )
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        killed_at.push(progress(store.as_ref(), &config).await);
+    }
+    assert!(
+        killed_at.iter().all(|p| *p < total),
+        "every kill landed mid-stream: {killed_at:?} of {total}"
+    );
+    let mut last = spawn_processor(&config_path, &log, &["--exit-when-idle", "8"]);
+    wait_for_exit(&mut last, &log, Duration::from_secs(180));
+    assert_eq!(progress(store.as_ref(), &config).await, total);
+    assert_equals_clean_run(store.as_ref(), &config, &clean_run(&config, &events).await).await;
+}
+
+async fn survives_a_member_joining_and_one_leaving<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    let config = resilience_config(url);
+    let events = publish(&config, 22, 3_000).await;
+    let total = events.len() as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &config);
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = spawn_processor(&config_path, &log_a, &[]);
+    wait_for_progress(store.as_ref(), &config, total / 10, &mut a, &log_a).await;
+    let mut b = spawn_processor(&config_path, &log_b, &["--exit-when-idle", "10"]);
+    // B joins: the group rebalances and B starts committing its partitions.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_b)
+        .unwrap_or_default()
+        .contains("partitions assigned")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B never got partitions:\n{}",
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both work for a few batches, then A leaves while events remain.
+    let joined_at = progress(store.as_ref(), &config).await;
+    wait_for_progress(store.as_ref(), &config, joined_at + 50, &mut a, &log_a).await;
+    // A leaves gracefully (SIGTERM): finishes its batch, flushes, leaves.
+    let left_at = progress(store.as_ref(), &config).await;
+    assert!(left_at < total, "A left mid-stream ({left_at} of {total})");
+    unsafe {
+        assert_eq!(libc_kill(a.id() as i32, 15), 0);
+    }
+    wait_for_exit(&mut a, &log_a, Duration::from_secs(60));
+    wait_for_exit(&mut b, &log_b, Duration::from_secs(180));
+    assert_eq!(progress(store.as_ref(), &config).await, total);
+    let log = std::fs::read_to_string(&log_b).unwrap();
+    assert!(
+        log.matches("partitions assigned").count() >= 2,
+        "B was rebalanced when A left:\n{log}"
+    );
+    assert_equals_clean_run(store.as_ref(), &config, &clean_run(&config, &events).await).await;
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+backend_tests!(
+    survives_sigkill_at_several_points,
+    survives_a_member_joining_and_one_leaving
+);
+
+/// A TCP proxy in front of PostgreSQL that the test can cut.
+struct CuttableProxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: &'static str) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        CuttableProxy {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_out_a_database_outage_and_loses_nothing() {
+    let db = common::TestPg::new().await;
+    let direct = db.store().await;
+    let proxy = CuttableProxy::start("127.0.0.1:5432").await;
+    let proxied_url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    assert_ne!(
+        proxied_url, db.url,
+        "the test database is reached through the proxy"
+    );
+    let config = resilience_config(&proxied_url);
+    kafka::create_topics(&config).await.unwrap();
+    let events = simulate::generate(&SimulationParams {
+        seed: 23,
+        leads: 200,
+        days: 30,
+        start: 1_767_225_600_000,
+    });
+    let half = events.len() / 2;
+    let codec = Codec::new(None);
+    kafka::publish_inputs(&config, &codec, &events[..half], InputFormat::Avro, 0)
+        .await
+        .unwrap();
+
+    let store = Arc::new(PgStore::connect(&proxied_url, 4).await.unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let pipeline = Pipeline::new(
+        config.clone(),
+        store,
+        Arc::new(Codec::new(None)),
+        metrics.clone(),
+    )
+    .unwrap();
+    let run = tokio::spawn(async move {
+        pipeline
+            .run(
+                RunOptions {
+                    exit_when_idle: Some(Duration::from_secs(10)),
+                },
+                std::future::pending(),
+            )
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while progress(&direct, &config).await < half as i64 / 3 {
+        assert!(Instant::now() < deadline, "no progress before the outage");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.cut();
+    kafka::publish_inputs(&config, &codec, &events[half..], InputFormat::Avro, 0)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = progress(&direct, &config).await;
+    assert!(during < events.len() as i64, "the outage hit mid-stream");
+    proxy.restore();
+    let summary = run
+        .await
+        .unwrap()
+        .expect("the processor waits out the outage");
+    assert_eq!(summary.applied, events.len() as u64);
+    assert!(
+        metrics.store_retries.get() > 0,
+        "the outage was noticed and retried"
+    );
+    assert_equals_clean_run(&direct, &config, &clean_run(&config, &events).await).await;
+}
