@@ -41,12 +41,16 @@ run: build broker topics
 	@echo "      $(BIN) leads list --limit 20"
 	@echo "      $(BIN) leads get <lead id from the list>"
 	@echo "      sqlite3 data/leadflow.db 'SELECT stage, COUNT(*) FROM leads GROUP BY stage'"
+	@echo "      curl -s http://127.0.0.1:9464/metrics | grep ^leadflow_"
 	@echo "  Stop it with Ctrl-C (it finishes the batch in hand first)."
 	@echo
 	$(BIN) run $(RUN_ARGS)
 
 test: broker postgres
 	$(CARGO) test --all-targets -- --test-threads 4
+
+bench: broker postgres
+	$(CARGO) bench --bench throughput
 
 fmt:
 	$(CARGO) fmt

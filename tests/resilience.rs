@@ -28,9 +28,6 @@ fn resilience_config(url: &str) -> Config {
     // Small batches: many commits, so the kills land mid-stream.
     config.processor.batch_size = 10;
     config.processor.batch_linger_ms = 5;
-    // Everything is published up front: let the merge wait for every stream
-    // so the order (and hence every output id) is exactly the clean run's.
-    config.processor.max_merge_wait_ms = 30_000;
     config.http.listen = "127.0.0.1:0".into();
     config
 }
@@ -352,4 +349,74 @@ async fn waits_out_a_database_outage_and_loses_nothing() {
         "the outage was noticed and retried"
     );
     assert_equals_clean_run(&direct, &config, &clean_run(&config, &events).await).await;
+}
+
+/// SQLite's equivalent of an outage: another connection holds the write
+/// lock for a while. The processor waits (and retries) and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_out_a_locked_sqlite_database_and_loses_nothing() {
+    use sqlx::Connection;
+    let db = common::TestSqlite::new();
+    let store = Arc::new(db.store().await);
+    let mut config = resilience_config(&db.url);
+    config.processor.batch_size = 50;
+    kafka::create_topics(&config).await.unwrap();
+    let events = simulate::generate(&SimulationParams {
+        seed: 24,
+        leads: 200,
+        days: 30,
+        start: 1_767_225_600_000,
+    });
+    let half = events.len() / 2;
+    let codec = Codec::new(None);
+    kafka::publish_inputs(&config, &codec, &events[..half], InputFormat::Avro, 0)
+        .await
+        .unwrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let pipeline = Pipeline::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(Codec::new(None)),
+        metrics.clone(),
+    )
+    .unwrap();
+    let run = tokio::spawn(async move {
+        pipeline
+            .run(
+                RunOptions {
+                    exit_when_idle: Some(Duration::from_secs(10)),
+                },
+                std::future::pending(),
+            )
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while progress(store.as_ref(), &config).await < half as i64 / 3 {
+        assert!(Instant::now() < deadline, "no progress before the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Hold the write lock for longer than the store's busy timeout (10 s).
+    let mut locker = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let locked_at = progress(store.as_ref(), &config).await;
+    kafka::publish_inputs(&config, &codec, &events[half..], InputFormat::Avro, 0)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    assert!(locked_at < events.len() as i64, "the lock hit mid-stream");
+    let summary = run
+        .await
+        .unwrap()
+        .expect("the processor waits out the lock");
+    assert_eq!(summary.applied, events.len() as u64);
+    assert!(
+        metrics.store_retries.get() > 0,
+        "the busy database was noticed and retried"
+    );
+    assert_equals_clean_run(store.as_ref(), &config, &clean_run(&config, &events).await).await;
 }

@@ -227,6 +227,9 @@ where
 
 type TopicPartition = (String, i32);
 
+/// Records one partition group may buffer while it waits for an empty stream.
+const MERGE_BUFFER_LIMIT: usize = 100_000;
+
 /// This instance's partitions and where the database says each one stands,
 /// shared by the rebalance callback, the loop and the outbox relay.
 #[derive(Default)]
@@ -245,6 +248,17 @@ struct AssignmentState {
 }
 
 impl Assignment {
+    /// Installs a new assignment (empty on revocation) as a new generation.
+    fn replace(&self, positions: BTreeMap<TopicPartition, Option<i64>>, failure: Option<String>) {
+        let mut state = self.state.lock().expect("assignment lock");
+        state.generation += 1;
+        state.positions = positions;
+        state.failure = failure;
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.state.lock().expect("assignment lock").failure.clone()
+    }
     fn snapshot(&self) -> AssignmentState {
         self.state.lock().expect("assignment lock").clone()
     }
@@ -279,79 +293,70 @@ impl<S: LeadStore + 'static> ConsumerContext for AssignmentContext<S> {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let mut state = self.assignment.state.lock().expect("assignment lock");
-        state.generation += 1;
-        state.positions.clear();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                // The callback runs inside the consumer's poll on a runtime
-                // worker; block_in_place lets the store query run there.
-                let stored = tokio::task::block_in_place(|| {
-                    self.runtime.block_on(with_store_retry(
-                        "read partition offsets",
-                        &self.metrics,
-                        || self.store.partition_offsets(&self.group),
-                    ))
-                });
-                let stored = match stored {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        error!(error = %e, "cannot read partition offsets; assigning nothing");
-                        state.failure = Some(e.to_string());
-                        let _ = base.unassign();
-                        return;
-                    }
-                };
-                let by_tp: HashMap<(&str, i32), i64> = stored
-                    .iter()
-                    .map(|o| ((o.topic.as_str(), o.partition), o.next_offset))
-                    .collect();
-                let mut assigned = TopicPartitionList::new();
-                for elem in tpl.elements() {
-                    let next = by_tp.get(&(elem.topic(), elem.partition())).copied();
-                    let offset = next.map_or(Offset::Beginning, Offset::Offset);
-                    if let Err(e) =
-                        assigned.add_partition_offset(elem.topic(), elem.partition(), offset)
-                    {
-                        error!(error = %e, "cannot build the assignment");
-                    }
-                    state
-                        .positions
-                        .insert((elem.topic().to_string(), elem.partition()), next);
-                }
-                info!(
-                    partitions = assigned.count(),
-                    generation = state.generation,
-                    "partitions assigned at stored offsets"
-                );
-                self.metrics
-                    .assigned_partitions
-                    .set(assigned.count() as i64);
-                if let Err(e) = base.assign(&assigned) {
-                    error!(error = %e, "assign failed");
-                    state.failure = Some(e.to_string());
-                }
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                info!(partitions = tpl.count(), "partitions revoked");
+            } else {
+                error!(error = ?err, "rebalance error; unassigning");
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!(
-                    partitions = tpl.count(),
-                    generation = state.generation,
-                    "partitions revoked"
-                );
-                self.metrics.assigned_partitions.set(0);
-                self.metrics.consumer_lag.reset();
-                let _ = base.unassign();
-            }
-            other => {
-                error!(error = ?other, "rebalance error; unassigning");
-                self.metrics.assigned_partitions.set(0);
-                let _ = base.unassign();
-            }
+            self.assignment.replace(BTreeMap::new(), None);
+            self.metrics.assigned_partitions.set(0);
+            self.metrics.consumer_lag.reset();
+            let _ = base.unassign();
+            return;
         }
+        // The callback runs inside the consumer's poll on a runtime worker;
+        // block_in_place lets the store query run there. The assignment lock
+        // is not held meanwhile, so the relay is never blocked on it.
+        let stored = tokio::task::block_in_place(|| {
+            self.runtime.block_on(with_store_retry(
+                "read partition offsets",
+                &self.metrics,
+                || self.store.partition_offsets(&self.group),
+            ))
+        });
+        let stored = match stored {
+            Ok(rows) => rows,
+            Err(e) => {
+                error!(error = %e, "cannot read partition offsets; assigning nothing");
+                self.assignment
+                    .replace(BTreeMap::new(), Some(e.to_string()));
+                let _ = base.unassign();
+                return;
+            }
+        };
+        let by_tp: HashMap<(&str, i32), i64> = stored
+            .iter()
+            .map(|o| ((o.topic.as_str(), o.partition), o.next_offset))
+            .collect();
+        let mut assigned = TopicPartitionList::new();
+        let mut positions = BTreeMap::new();
+        for elem in tpl.elements() {
+            let next = by_tp.get(&(elem.topic(), elem.partition())).copied();
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = assigned.add_partition_offset(elem.topic(), elem.partition(), offset) {
+                error!(error = %e, "cannot build the assignment");
+            }
+            positions.insert((elem.topic().to_string(), elem.partition()), next);
+        }
+        let failure = base.assign(&assigned).err().map(|e| {
+            error!(error = %e, "assign failed");
+            e.to_string()
+        });
+        info!(
+            partitions = assigned.count(),
+            "partitions assigned at stored offsets"
+        );
+        self.metrics
+            .assigned_partitions
+            .set(assigned.count() as i64);
+        self.assignment.replace(positions, failure);
     }
 }
 
 /// A decoded (or rejected) message waiting in a merge buffer.
+// Most buffered records are events; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum Decoded {
     Event(InputEvent),
     Rejected(RawMessage, Rejection),
@@ -521,10 +526,16 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 _ = &mut shutdown => break,
                 received = self.receive(&mut state, &mut summary) => received?,
             };
-            if let Some(failure) = self.assignment.snapshot().failure {
+            if let Some(failure) = self.assignment.failure() {
                 return Err(PipelineError::Assignment(failure));
             }
             self.sync_assignment(&mut state);
+            if received > 0 {
+                // While messages keep arriving, what a group waits for may be
+                // queued locally behind them: only rounds that bring nothing
+                // count as waiting (Kafka Streams counts task idle time so).
+                state.waiting_since.clear();
+            }
             let ready = self.drain_ready(&mut state);
             // Idle time counts only while this instance owns partitions: an
             // instance waiting for its assignment is not idle.
@@ -661,7 +672,10 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             };
             let mut out = Vec::new();
             let buffer = state.buffers.get_mut(&partition).expect("listed partition");
-            buffer.drain(|s| waited_enough || caught_up(s), &mut out);
+            // A stream that never delivers must not make the others buffer
+            // without bound.
+            let overfull = buffer.len() >= MERGE_BUFFER_LIMIT;
+            buffer.drain(|s| waited_enough || overfull || caught_up(s), &mut out);
             if buffer.is_empty() {
                 state.waiting_since.remove(&partition);
             } else if out.is_empty() {
