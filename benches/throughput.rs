@@ -202,7 +202,10 @@ async fn main() {
         .unwrap();
 
     // Same events, same merge, same core: the stores must not change what is emitted.
-    assert_eq!(sqlite_outputs, pg_outputs, "SQLite and PostgreSQL runs emitted different outputs");
+    assert_eq!(
+        sqlite_outputs, pg_outputs,
+        "SQLite and PostgreSQL runs emitted different outputs"
+    );
 
     let rate = |secs: f64| total as f64 / secs;
     println!();
