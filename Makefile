@@ -32,6 +32,11 @@ topics: build broker
 	@for i in 1 2 3 4 5; do $(BIN) topics create && exit 0; echo "topics: broker not ready, retrying" >&2; sleep 2; done; exit 1
 
 run: build broker topics
+	@# The local broker keeps its topics in memory: a database older than the
+	@# running broker describes a log that no longer exists.
+	@if [ -f data/leadflow.db ] && [ "$$HOME/.cache/leadflow/broker/broker.pid" -nt data/leadflow.db ]; then \
+	  echo "run: the local broker was restarted; starting from an empty data/leadflow.db"; \
+	  rm -f data/leadflow.db data/leadflow.db-wal data/leadflow.db-shm; fi
 	$(BIN) migrate
 	$(BIN) simulate --leads $(SIM_LEADS) --days $(SIM_DAYS)
 	@echo

@@ -543,8 +543,15 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 last_activity = Instant::now();
             }
             if !ready.is_empty() {
-                self.process(ready, &mut state, &mut summary, &mut budget)
-                    .await?;
+                // One merge drain can release more than a batch; each
+                // transaction stays within processor.batch_size.
+                let mut rest = ready;
+                while !rest.is_empty() {
+                    let tail = rest.split_off(rest.len().min(self.config.processor.batch_size));
+                    self.process(rest, &mut state, &mut summary, &mut budget)
+                        .await?;
+                    rest = tail;
+                }
                 wake.notify_one();
             } else if let Some(idle) = options.exit_when_idle {
                 if state.buffered() == 0 && last_activity.elapsed() >= idle {
@@ -627,10 +634,26 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         let Some(stream) = self.config.topics.stream_of(&raw.topic) else {
             return;
         };
-        let next = state.received.get(&tp).copied().or(position).unwrap_or(0);
-        if raw.offset < next {
-            // Already applied (the store's offset is past it) or already buffered.
-            return;
+        match state.received.get(&tp) {
+            // Fetched again within this assignment: already buffered.
+            Some(next) if raw.offset < *next => return,
+            Some(_) => {}
+            // The partition was assigned at the stored offset, so its first
+            // message lies elsewhere only if the log no longer holds that
+            // offset: the topic was recreated (or a broker lost its data) and
+            // the consumer was reset, or retention deleted unread records.
+            // The log is the input: go on from here, loudly; event ids still
+            // guard against applying a repeated event twice.
+            None => match position {
+                Some(stored) if raw.offset != stored => warn!(
+                    topic = %raw.topic,
+                    partition = raw.partition,
+                    stored_next_offset = stored,
+                    first_offset = raw.offset,
+                    "the log does not continue where the store left off (topic recreated, data lost or expired); applying from here"
+                ),
+                _ => {}
+            },
         }
         state.received.insert(tp, raw.offset + 1);
         summary.consumed += 1;
