@@ -147,20 +147,8 @@ async fn run_pipeline<S: LeadStore + 'static>(
     store: &Arc<S>,
     idle_secs: u64,
 ) -> Result<RunSummary, PipelineError> {
-    let pipeline = Pipeline::new(
-        config.clone(),
-        store.clone(),
-        Arc::new(Codec::new(None)),
-        Arc::new(Metrics::new()),
-    )?;
-    pipeline
-        .run(
-            RunOptions {
-                exit_when_idle: Some(Duration::from_secs(idle_secs)),
-            },
-            std::future::pending(),
-        )
-        .await
+    let (task, _) = common::spawn_pipeline(config, store.clone(), Duration::from_secs(idle_secs));
+    task.await.expect("pipeline task")
 }
 
 async fn simulated_stream_lands_in_the_store<S: LeadStore + 'static>(store: Arc<S>, url: &str) {

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use leadflow::codec::Codec;
 use leadflow::config::Config;
 use leadflow::kafka::{self, InputFormat};
-use leadflow::metrics::Metrics;
-use leadflow::pipeline::{Pipeline, RunOptions};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, PgStore};
 
 use common::{
-    all_states, assert_same_states, clean_run, published_score_ids, test_config, CleanRun,
+    all_states, assert_same_states, clean_run, committed_messages, published_score_ids,
+    spawn_pipeline, test_config, CleanRun,
 };
 
 fn resilience_config(url: &str) -> Config {
@@ -59,17 +58,6 @@ fn spawn_processor(config_path: &Path, log: &Path, extra: &[&str]) -> Child {
         .expect("start leadflow run")
 }
 
-/// Input messages the store has committed, over all partitions.
-async fn progress<S: LeadStore>(store: &S, config: &Config) -> i64 {
-    store
-        .partition_offsets(&config.kafka.group_id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|o| o.next_offset)
-        .sum()
-}
-
 async fn wait_for_progress<S: LeadStore>(
     store: &S,
     config: &Config,
@@ -79,7 +67,7 @@ async fn wait_for_progress<S: LeadStore>(
 ) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if progress(store, config).await >= at_least {
+        if committed_messages(store, config).await >= at_least {
             return;
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -164,7 +152,7 @@ async fn survives_sigkill_at_several_points<S: LeadStore + 'static>(store: Arc<S
         .await;
         child.kill().unwrap();
         child.wait().unwrap();
-        killed_at.push(progress(store.as_ref(), &config).await);
+        killed_at.push(committed_messages(store.as_ref(), &config).await);
     }
     assert!(
         killed_at.iter().all(|p| *p < total),
@@ -172,7 +160,7 @@ async fn survives_sigkill_at_several_points<S: LeadStore + 'static>(store: Arc<S
     );
     let mut last = spawn_processor(&config_path, &log, &["--exit-when-idle", "8"]);
     wait_for_exit(&mut last, &log, Duration::from_secs(180));
-    assert_eq!(progress(store.as_ref(), &config).await, total);
+    assert_eq!(committed_messages(store.as_ref(), &config).await, total);
     assert_equals_clean_run(store.as_ref(), &config, &clean_run(&config, &events).await).await;
 }
 
@@ -203,17 +191,17 @@ async fn survives_a_member_joining_and_one_leaving<S: LeadStore + 'static>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Both work for a few batches, then A leaves while events remain.
-    let joined_at = progress(store.as_ref(), &config).await;
+    let joined_at = committed_messages(store.as_ref(), &config).await;
     wait_for_progress(store.as_ref(), &config, joined_at + 50, &mut a, &log_a).await;
     // A leaves gracefully (SIGTERM): finishes its batch, flushes, leaves.
-    let left_at = progress(store.as_ref(), &config).await;
+    let left_at = committed_messages(store.as_ref(), &config).await;
     assert!(left_at < total, "A left mid-stream ({left_at} of {total})");
     unsafe {
         assert_eq!(libc_kill(a.id() as i32, 15), 0);
     }
     wait_for_exit(&mut a, &log_a, Duration::from_secs(60));
     wait_for_exit(&mut b, &log_b, Duration::from_secs(180));
-    assert_eq!(progress(store.as_ref(), &config).await, total);
+    assert_eq!(committed_messages(store.as_ref(), &config).await, total);
     let log = std::fs::read_to_string(&log_b).unwrap();
     assert!(
         log.matches("partitions assigned").count() >= 2,
@@ -308,26 +296,9 @@ async fn waits_out_a_database_outage_and_loses_nothing() {
         .unwrap();
 
     let store = Arc::new(PgStore::connect(&proxied_url, 4).await.unwrap());
-    let metrics = Arc::new(Metrics::new());
-    let pipeline = Pipeline::new(
-        config.clone(),
-        store,
-        Arc::new(Codec::new(None)),
-        metrics.clone(),
-    )
-    .unwrap();
-    let run = tokio::spawn(async move {
-        pipeline
-            .run(
-                RunOptions {
-                    exit_when_idle: Some(Duration::from_secs(10)),
-                },
-                std::future::pending(),
-            )
-            .await
-    });
+    let (run, metrics) = spawn_pipeline(&config, store, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while progress(&direct, &config).await < half as i64 / 3 {
+    while committed_messages(&direct, &config).await < half as i64 / 3 {
         assert!(Instant::now() < deadline, "no progress before the outage");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -336,7 +307,7 @@ async fn waits_out_a_database_outage_and_loses_nothing() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let during = progress(&direct, &config).await;
+    let during = committed_messages(&direct, &config).await;
     assert!(during < events.len() as i64, "the outage hit mid-stream");
     proxy.restore();
     let summary = run
@@ -373,26 +344,9 @@ async fn waits_out_a_locked_sqlite_database_and_loses_nothing() {
         .await
         .unwrap();
 
-    let metrics = Arc::new(Metrics::new());
-    let pipeline = Pipeline::new(
-        config.clone(),
-        store.clone(),
-        Arc::new(Codec::new(None)),
-        metrics.clone(),
-    )
-    .unwrap();
-    let run = tokio::spawn(async move {
-        pipeline
-            .run(
-                RunOptions {
-                    exit_when_idle: Some(Duration::from_secs(10)),
-                },
-                std::future::pending(),
-            )
-            .await
-    });
+    let (run, metrics) = spawn_pipeline(&config, store.clone(), Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while progress(store.as_ref(), &config).await < half as i64 / 3 {
+    while committed_messages(store.as_ref(), &config).await < half as i64 / 3 {
         assert!(Instant::now() < deadline, "no progress before the lock");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -402,7 +356,7 @@ async fn waits_out_a_locked_sqlite_database_and_loses_nothing() {
         .execute(&mut locker)
         .await
         .unwrap();
-    let locked_at = progress(store.as_ref(), &config).await;
+    let locked_at = committed_messages(store.as_ref(), &config).await;
     kafka::publish_inputs(&config, &codec, &events[half..], InputFormat::Avro, 0)
         .await
         .unwrap();

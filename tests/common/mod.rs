@@ -319,3 +319,48 @@ pub fn assert_same_states(
         assert_eq!(got, want, "state of lead {id}");
     }
 }
+
+/// Runs a pipeline in the background until it has been idle for `idle`;
+/// returns its task and its metrics.
+pub fn spawn_pipeline<S: LeadStore + 'static>(
+    config: &Config,
+    store: std::sync::Arc<S>,
+    idle: std::time::Duration,
+) -> (
+    tokio::task::JoinHandle<
+        Result<leadflow::pipeline::RunSummary, leadflow::pipeline::PipelineError>,
+    >,
+    std::sync::Arc<leadflow::metrics::Metrics>,
+) {
+    use std::sync::Arc;
+    let metrics = Arc::new(leadflow::metrics::Metrics::new());
+    let pipeline = leadflow::pipeline::Pipeline::new(
+        config.clone(),
+        store,
+        Arc::new(leadflow::codec::Codec::new(None)),
+        metrics.clone(),
+    )
+    .expect("pipeline");
+    let task = tokio::spawn(async move {
+        pipeline
+            .run(
+                leadflow::pipeline::RunOptions {
+                    exit_when_idle: Some(idle),
+                },
+                std::future::pending(),
+            )
+            .await
+    });
+    (task, metrics)
+}
+
+/// Input messages the store has committed for the config's group.
+pub async fn committed_messages<S: LeadStore>(store: &S, config: &Config) -> i64 {
+    store
+        .partition_offsets(&config.kafka.group_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.next_offset)
+        .sum()
+}
