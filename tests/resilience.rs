@@ -220,6 +220,62 @@ backend_tests!(
     survives_a_member_joining_and_one_leaving
 );
 
+type RunTask = tokio::task::JoinHandle<
+    Result<leadflow::pipeline::RunSummary, leadflow::pipeline::PipelineError>,
+>;
+
+/// Publishes the first half of a simulated stream, starts a pipeline on
+/// `store` and returns once a third of that half is committed (read through
+/// `observer`), so that an outage starting now lands mid-stream.
+async fn start_mid_stream<S: LeadStore + 'static, O: LeadStore>(
+    config: &Config,
+    seed: u64,
+    store: Arc<S>,
+    observer: &O,
+) -> (
+    Vec<leadflow::events::InputEvent>,
+    RunTask,
+    Arc<leadflow::metrics::Metrics>,
+) {
+    kafka::create_topics(config).await.unwrap();
+    let events = simulate::generate(&SimulationParams {
+        seed,
+        leads: 200,
+        days: 30,
+        start: 1_767_225_600_000,
+    });
+    let half = events.len() / 2;
+    kafka::publish_inputs(
+        config,
+        &Codec::new(None),
+        &events[..half],
+        InputFormat::Avro,
+        0,
+    )
+    .await
+    .unwrap();
+    let (run, metrics) = spawn_pipeline(config, store, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed_messages(observer, config).await < half as i64 / 3 {
+        assert!(Instant::now() < deadline, "no progress before the outage");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (events, run, metrics)
+}
+
+async fn publish_second_half(config: &Config, events: &[leadflow::events::InputEvent]) {
+    let half = events.len() / 2;
+    kafka::publish_inputs(
+        config,
+        &Codec::new(None),
+        &events[half..],
+        InputFormat::Avro,
+        0,
+    )
+    .await
+    .unwrap();
+}
+
 /// A TCP proxy in front of PostgreSQL that the test can cut.
 struct CuttableProxy {
     port: u16,
@@ -282,30 +338,10 @@ async fn waits_out_a_database_outage_and_loses_nothing() {
         "the test database is reached through the proxy"
     );
     let config = resilience_config(&proxied_url);
-    kafka::create_topics(&config).await.unwrap();
-    let events = simulate::generate(&SimulationParams {
-        seed: 23,
-        leads: 200,
-        days: 30,
-        start: 1_767_225_600_000,
-    });
-    let half = events.len() / 2;
-    let codec = Codec::new(None);
-    kafka::publish_inputs(&config, &codec, &events[..half], InputFormat::Avro, 0)
-        .await
-        .unwrap();
-
     let store = Arc::new(PgStore::connect(&proxied_url, 4).await.unwrap());
-    let (run, metrics) = spawn_pipeline(&config, store, Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while committed_messages(&direct, &config).await < half as i64 / 3 {
-        assert!(Instant::now() < deadline, "no progress before the outage");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (events, run, metrics) = start_mid_stream(&config, 23, store, &direct).await;
     proxy.cut();
-    kafka::publish_inputs(&config, &codec, &events[half..], InputFormat::Avro, 0)
-        .await
-        .unwrap();
+    publish_second_half(&config, &events).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let during = committed_messages(&direct, &config).await;
     assert!(during < events.len() as i64, "the outage hit mid-stream");
@@ -331,25 +367,7 @@ async fn waits_out_a_locked_sqlite_database_and_loses_nothing() {
     let store = Arc::new(db.store().await);
     let mut config = resilience_config(&db.url);
     config.processor.batch_size = 50;
-    kafka::create_topics(&config).await.unwrap();
-    let events = simulate::generate(&SimulationParams {
-        seed: 24,
-        leads: 200,
-        days: 30,
-        start: 1_767_225_600_000,
-    });
-    let half = events.len() / 2;
-    let codec = Codec::new(None);
-    kafka::publish_inputs(&config, &codec, &events[..half], InputFormat::Avro, 0)
-        .await
-        .unwrap();
-
-    let (run, metrics) = spawn_pipeline(&config, store.clone(), Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while committed_messages(store.as_ref(), &config).await < half as i64 / 3 {
-        assert!(Instant::now() < deadline, "no progress before the lock");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (events, run, metrics) = start_mid_stream(&config, 24, store.clone(), store.as_ref()).await;
     // Hold the write lock for longer than the store's busy timeout (10 s).
     let mut locker = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN EXCLUSIVE")
@@ -357,9 +375,7 @@ async fn waits_out_a_locked_sqlite_database_and_loses_nothing() {
         .await
         .unwrap();
     let locked_at = committed_messages(store.as_ref(), &config).await;
-    kafka::publish_inputs(&config, &codec, &events[half..], InputFormat::Avro, 0)
-        .await
-        .unwrap();
+    publish_second_half(&config, &events).await;
     tokio::time::sleep(Duration::from_secs(12)).await;
     sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
     assert!(locked_at < events.len() as i64, "the lock hit mid-stream");

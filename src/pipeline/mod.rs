@@ -35,7 +35,7 @@ use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -127,12 +127,6 @@ pub struct RunOptions {
     pub exit_when_idle: Option<Duration>,
 }
 
-/// An event and the input partition it came from.
-pub struct Sourced<'e> {
-    pub partition: i32,
-    pub event: &'e InputEvent,
-}
-
 /// What applying a batch produced: the new states of the leads it changed
 /// and the outputs, each with the partition of the event that caused it.
 pub struct AppliedBatch {
@@ -145,19 +139,18 @@ pub struct AppliedBatch {
 /// event time in a replay.
 pub async fn apply_batch<S: LeadStore>(
     store: &S,
-    events: &[Sourced<'_>],
+    events: &[(i32, InputEvent)],
     config: &Config,
     clock: impl Fn(&InputEvent) -> Millis,
     summary: &mut RunSummary,
 ) -> Result<AppliedBatch, StoreError> {
-    let mut ids: Vec<&str> = events.iter().map(|e| e.event.lead_ext_id()).collect();
+    let mut ids: Vec<&str> = events.iter().map(|(_, e)| e.lead_ext_id()).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut states: HashMap<String, LeadState> = store.load_leads(&ids).await?;
     let mut touched: BTreeSet<String> = BTreeSet::new();
     let mut outputs = Vec::new();
-    for sourced in events {
-        let event = sourced.event;
+    for (partition, event) in events {
         let id = event.lead_ext_id();
         let ctx = ApplyContext {
             scoring: &config.scoring,
@@ -172,7 +165,7 @@ pub async fn apply_batch<S: LeadStore>(
             touched.insert(id.to_string());
         }
         summary.outputs += applied.outputs.len() as u64;
-        outputs.extend(applied.outputs.into_iter().map(|o| (sourced.partition, o)));
+        outputs.extend(applied.outputs.into_iter().map(|o| (*partition, o)));
         states.insert(id.to_string(), applied.state);
     }
     Ok(AppliedBatch {
@@ -789,13 +782,6 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 to: *to,
             })
             .collect();
-        let sourced: Vec<Sourced<'_>> = events
-            .iter()
-            .map(|(partition, event)| Sourced {
-                partition: *partition,
-                event,
-            })
-            .collect();
         let now = wall_clock_millis();
         let before = summary.clone();
         // A commit whose acknowledgement was lost (the connection dropped
@@ -809,7 +795,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             let mut attempt = before.clone();
             let applied = apply_batch(
                 self.store.as_ref(),
-                &sourced,
+                &events,
                 &self.config,
                 |_| now,
                 &mut attempt,
@@ -996,15 +982,6 @@ fn header<'h>(key: &'h str, value: &'h str) -> Header<'h, &'h str> {
         key,
         value: Some(value),
     }
-}
-
-/// Reads a header as text, for tests and tools that inspect dead letters.
-pub fn header_value(headers: &impl Headers, key: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 pub fn wall_clock_millis() -> Millis {

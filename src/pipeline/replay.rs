@@ -16,7 +16,7 @@ use crate::lead::Output;
 use crate::store::{BatchWrite, LeadStore, StoreError};
 
 use super::merge::{MergeBuffer, Pending};
-use super::{apply_batch, outbox_row, RunSummary, Sourced};
+use super::{apply_batch, outbox_row, RunSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -65,21 +65,8 @@ pub async fn replay<S: LeadStore>(
     let mut summary = RunSummary::default();
     let mut outputs = Vec::new();
     for chunk in ordered.chunks(config.processor.batch_size) {
-        let sourced: Vec<Sourced<'_>> = chunk
-            .iter()
-            .map(|(partition, event)| Sourced {
-                partition: *partition,
-                event,
-            })
-            .collect();
-        let applied = apply_batch(
-            store,
-            &sourced,
-            config,
-            InputEvent::occurred_at,
-            &mut summary,
-        )
-        .await?;
+        let applied =
+            apply_batch(store, chunk, config, InputEvent::occurred_at, &mut summary).await?;
         store
             .commit_batch(&BatchWrite {
                 consumer_group: &config.kafka.group_id,
