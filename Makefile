@@ -14,6 +14,8 @@ SIM_LEADS ?= 2000
 SIM_DAYS ?= 60
 RUN_ARGS ?=
 
+BENCH_MODEL_ROWS ?= 40000,1000000
+
 .PHONY: run test bench build broker broker-stop postgres topics fmt lint clean
 
 build:
@@ -54,11 +56,21 @@ run: build broker topics
 test: broker postgres
 	@# The benchmark's smoke run first (cargo test passes no --bench), so
 	@# that the test suite's own summary closes the output.
-	$(CARGO) test --bench throughput
+	$(CARGO) test --bench throughput --bench models
 	$(CARGO) test --lib --bins --tests -- --test-threads 4
 
-bench: broker postgres
+# Python side of the model benchmark: scikit-learn and LightGBM in a venv of
+# its own, created once and reused.
+BENCH_VENV ?= $(HOME)/.cache/leadflow/bench-venv
+
+$(BENCH_VENV)/.installed:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet scikit-learn lightgbm pandas
+	touch $@
+
+bench: broker postgres $(BENCH_VENV)/.installed
 	$(CARGO) bench --bench throughput
+	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python $(CARGO) bench --bench models -- --rows $(BENCH_MODEL_ROWS)
 
 fmt:
 	$(CARGO) fmt

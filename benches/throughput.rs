@@ -159,6 +159,7 @@ async fn main() {
         None => 50,
     };
     let events = simulate::generate(&SimulationParams {
+        source_shares: Default::default(),
         seed: 99,
         leads,
         days: 60,

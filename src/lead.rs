@@ -20,7 +20,8 @@ use crate::events::{
     InputEvent, InteractionEvent, InteractionKind, LeadEvent, LeadEventKind, LeadScore, Millis,
     Segment, Stage, StageChangeEvent,
 };
-use crate::scoring::{DecayedSum, RuleInputs, ScoringConfig};
+use crate::scoring::features::extract;
+use crate::scoring::{ActiveModel, DecayedSum, RuleInputs, ScoringConfig};
 
 /// Consent for one channel: what was said, when and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +61,10 @@ pub struct ScoreSnapshot {
     pub final_score: f64,
     pub segment: Segment,
     pub computed_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ml_score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +107,10 @@ pub struct LeadState {
     /// `processor.dedup_window`: a re-delivered event is recognised and skipped.
     pub recent_event_ids: VecDeque<String>,
     pub events_applied: u64,
+    /// The lead as it stood just before its latest close: the point-in-time
+    /// row a model trains on, with nothing known only after the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_close: Option<Box<LeadState>>,
 }
 
 impl LeadState {
@@ -136,6 +145,7 @@ impl LeadState {
             score: None,
             recent_event_ids: VecDeque::new(),
             events_applied: 0,
+            pre_close: None,
         }
     }
 
@@ -196,6 +206,8 @@ pub struct ApplyContext<'a> {
     /// The processor's clock: wall time live, event time in a replay. Only
     /// timers read it; what an event changes is stamped with its own time.
     pub now: Millis,
+    /// The model that scores leads; rules only without one.
+    pub model: Option<&'a ActiveModel>,
 }
 
 /// What the core asks the edges to publish.
@@ -232,7 +244,7 @@ pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_
     state.remember(event.event_id(), ctx.dedup_window);
     state.events_applied += 1;
 
-    let outputs = rescore(&mut state, event, ctx.scoring)
+    let outputs = rescore(&mut state, event, ctx.scoring, ctx.model)
         .into_iter()
         .collect();
     Applied {
@@ -358,6 +370,14 @@ fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, scoring: &Scor
 }
 
 fn apply_stage_change(state: &mut LeadState, e: &StageChangeEvent) {
+    if matches!(e.to_stage, Stage::ClosedWon | Stage::ClosedLost) {
+        let mut before = state.clone();
+        before.pre_close = None;
+        before.recent_event_ids.clear();
+        before.stage_history.clear();
+        before.score = None;
+        state.pre_close = Some(Box::new(before));
+    }
     state.stage_history.push(StageTransition {
         from: e.from_stage,
         to: e.to_stage,
@@ -378,36 +398,63 @@ fn apply_stage_change(state: &mut LeadState, e: &StageChangeEvent) {
 }
 
 /// Recomputes the score as of the event's time and returns a LeadScore when
-/// it moved (by a hundredth or more) or changed segment.
-fn rescore(state: &mut LeadState, event: &InputEvent, scoring: &ScoringConfig) -> Option<Output> {
+/// it moved (by a hundredth or more), changed segment, or came from another
+/// model version.
+fn rescore(
+    state: &mut LeadState,
+    event: &InputEvent,
+    scoring: &ScoringConfig,
+    model: Option<&ActiveModel>,
+) -> Option<Output> {
     let at = event.occurred_at().max(state.updated_at);
     let initial = state.initial_score(scoring, at);
-    let final_score = initial;
+    let ml = model.map(|active| {
+        let values = extract(state, at, scoring, &active.model.encoder.features);
+        (
+            active,
+            active.model.explain(&values, scoring.model.top_factors),
+        )
+    });
+    let final_score = match &ml {
+        None => initial,
+        Some((_, explained)) => {
+            let w = scoring.model.ml_weight;
+            w * 100.0 * explained.probability + (1.0 - w) * initial
+        }
+    };
     let segment = scoring.segments.segment(final_score);
+    let model_version = ml.as_ref().map(|(active, _)| active.version_label());
     let changed = match &state.score {
         None => true,
-        Some(s) => (s.final_score - final_score).abs() >= 0.01 || s.segment != segment,
+        Some(s) => {
+            (s.final_score - final_score).abs() >= 0.01
+                || s.segment != segment
+                || s.model_version != model_version
+        }
     };
     if !changed {
         return None;
     }
+    let ml_probability = ml.as_ref().map(|(_, e)| e.probability);
     state.score = Some(ScoreSnapshot {
         initial_score: initial,
         final_score,
         segment,
         computed_at: at,
+        ml_score: ml_probability.map(|p| 100.0 * p),
+        model_version: model_version.clone(),
     });
     Some(Output::Score(LeadScore {
         score_id: output_id(&state.lead_ext_id, "score", event.event_id()),
         lead_ext_id: state.lead_ext_id.clone(),
         computed_at: at,
         initial_score: initial,
-        ml_score: None,
-        ml_conversion_probability: None,
+        ml_score: ml_probability.map(|p| 100.0 * p),
+        ml_conversion_probability: ml_probability,
         final_score,
         segment,
-        model_version: None,
-        top_factors: Vec::new(),
+        model_version,
+        top_factors: ml.map(|(_, e)| e.factors).unwrap_or_default(),
     }))
 }
 
@@ -434,6 +481,7 @@ mod tests {
             scoring,
             dedup_window: 64,
             now: T0,
+            model: None,
         }
     }
 
@@ -624,6 +672,7 @@ mod tests {
             scoring: &scoring,
             dedup_window: 3,
             now: T0,
+            model: None,
         };
         let mut state = None;
         for n in 0..10 {

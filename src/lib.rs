@@ -5,6 +5,7 @@ pub mod api;
 pub mod codec;
 pub mod config;
 pub mod events;
+pub mod import;
 pub mod kafka;
 pub mod lead;
 pub mod metrics;

@@ -4,8 +4,8 @@
 //! pipelines in one process do not mix their counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,6 +23,10 @@ pub struct Metrics {
     pub outbox_depth: IntGauge,
     pub outputs_published: IntCounterVec,
     pub relay_errors: IntCounter,
+    pub model_version: IntGauge,
+    pub model_swaps: IntCounter,
+    pub feature_psi: GaugeVec,
+    pub model_retrains: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -78,6 +82,17 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric");
+        let feature_psi = GaugeVec::new(
+            Opts::new(
+                "leadflow_model_feature_psi",
+                "Population stability index of each model feature: recent traffic against the active model's reference",
+            ),
+            &["feature"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(feature_psi.clone()))
             .expect("unique metric");
         Metrics {
             events_consumed: counter_vec(
@@ -145,6 +160,23 @@ impl Metrics {
                 &registry,
                 "leadflow_outbox_relay_errors_total",
                 "Failed attempts to publish outbox rows (retried)",
+            ),
+            model_version: gauge(
+                &registry,
+                "leadflow_model_active_version",
+                "Registry version of the model scoring leads (0: rules only)",
+            ),
+            model_swaps: counter(
+                &registry,
+                "leadflow_model_swaps_total",
+                "Times this processor switched to a newly activated model",
+            ),
+            feature_psi,
+            model_retrains: counter_vec(
+                &registry,
+                "leadflow_model_retrains_total",
+                "Retraining runs started by this processor, by reason and result",
+                &["reason", "result"],
             ),
             registry,
         }

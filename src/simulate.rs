@@ -30,6 +30,9 @@ pub struct SimulationParams {
     pub days: u32,
     /// First instant of the simulated period (UTC millis).
     pub start: Millis,
+    /// Share of new leads per source, replacing the built-in mix (relative
+    /// weights; empty: the built-in mix). Shifting it is how tests simulate drift.
+    pub source_shares: BTreeMap<String, f64>,
 }
 
 impl SimulationParams {
@@ -48,6 +51,23 @@ impl SimulationParams {
         }
         if self.start < 0 {
             return Err("--start must not be before 1970".into());
+        }
+        for (source, share) in &self.source_shares {
+            if !SOURCES.iter().any(|s| s.name == source) {
+                let known: Vec<&str> = SOURCES.iter().map(|s| s.name).collect();
+                return Err(format!(
+                    "--source-mix: unknown source `{source}` (known: {})",
+                    known.join(", ")
+                ));
+            }
+            if !(share.is_finite() && *share >= 0.0) {
+                return Err(format!(
+                    "--source-mix: share of {source} must be zero or more"
+                ));
+            }
+        }
+        if !self.source_shares.is_empty() && self.source_shares.values().sum::<f64>() <= 0.0 {
+            return Err("--source-mix: the shares add up to zero".into());
         }
         Ok(())
     }
@@ -270,12 +290,19 @@ fn simulate_lead(params: &SimulationParams, index: u32) -> Vec<(Millis, u32, Inp
         params.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
 
-    let roll: f64 = rng.random();
+    let share = |s: &SourceProfile| {
+        if params.source_shares.is_empty() {
+            s.share
+        } else {
+            params.source_shares.get(s.name).copied().unwrap_or(0.0)
+        }
+    };
+    let roll: f64 = rng.random::<f64>() * SOURCES.iter().map(share).sum::<f64>();
     let mut acc = 0.0;
     let source = SOURCES
         .iter()
         .find(|s| {
-            acc += s.share;
+            acc += share(s);
             roll < acc
         })
         .unwrap_or(&SOURCES[0]);
@@ -503,6 +530,14 @@ fn simulate_lead(params: &SimulationParams, index: u32) -> Vec<(Millis, u32, Inp
     track.events
 }
 
+/// One lead's events in event-time order (ties: the lead's own sequence):
+/// what a benchmark needs to build a lead's state without the whole stream.
+pub fn lead_events(params: &SimulationParams, index: u32) -> Vec<InputEvent> {
+    let mut events = simulate_lead(params, index);
+    events.sort_by_key(|(at, seq, _)| (*at, *seq));
+    events.into_iter().map(|(_, _, e)| e).collect()
+}
+
 /// The whole simulated stream, ordered by event time (ties: lead, then the
 /// lead's own sequence), which is also the order `simulate` publishes in.
 pub fn generate(params: &SimulationParams) -> Vec<InputEvent> {
@@ -555,6 +590,7 @@ mod tests {
 
     fn params() -> SimulationParams {
         SimulationParams {
+            source_shares: Default::default(),
             seed: 7,
             leads: 300,
             days: 60,
@@ -566,6 +602,7 @@ mod tests {
     fn same_parameters_give_the_same_stream() {
         assert_eq!(generate(&params()), generate(&params()));
         let other = SimulationParams {
+            source_shares: Default::default(),
             seed: 8,
             ..params()
         };
@@ -597,6 +634,7 @@ mod tests {
     #[test]
     fn wins_depend_on_hidden_quality_through_sources() {
         let p = SimulationParams {
+            source_shares: Default::default(),
             seed: 1,
             leads: 4_000,
             days: 120,

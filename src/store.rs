@@ -28,6 +28,8 @@ pub enum StoreError {
     Corrupt { lead: String, reason: String },
     #[error("database url `{url}`: {reason}")]
     Url { url: String, reason: String },
+    #[error("no model version {0} in the registry")]
+    ModelNotFound(i64),
     #[error("partition {topic}/{partition} was advanced by another instance (expected next offset {expected:?}); this instance no longer owns it")]
     Fenced {
         topic: String,
@@ -127,6 +129,54 @@ pub struct LeadSummary {
     pub updated_at: i64,
 }
 
+/// A model to add to the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewModel {
+    pub model_type: String,
+    pub params: String,
+    pub features: String,
+    pub metrics: String,
+    pub reason: String,
+    pub window_start: Option<i64>,
+    pub window_end: Option<i64>,
+    pub train_rows: i64,
+    pub holdout_rows: i64,
+    pub trained_at: i64,
+    pub training_seconds: f64,
+    pub model: String,
+    pub profile: Option<String>,
+}
+
+/// A registry entry without the (large) serialized model.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ModelRecord {
+    pub version: i64,
+    pub model_type: String,
+    pub params: String,
+    pub features: String,
+    pub metrics: String,
+    pub reason: String,
+    pub window_start: Option<i64>,
+    pub window_end: Option<i64>,
+    pub train_rows: i64,
+    pub holdout_rows: i64,
+    pub trained_at: i64,
+    pub training_seconds: f64,
+    pub active: bool,
+    pub activated_at: Option<i64>,
+}
+
+/// The serialized model and its drift reference.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ModelDocument {
+    pub version: i64,
+    pub model: String,
+    pub profile: Option<String>,
+}
+
+const MODEL_COLUMNS: &str = "version, model_type, params, features, metrics, reason, window_start,
+    window_end, train_rows, holdout_rows, trained_at, training_seconds, active, activated_at";
+
 pub trait LeadStore: Send + Sync {
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -173,6 +223,52 @@ pub trait LeadStore: Send + Sync {
     fn outbox_delete(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn outbox_depth(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Closed leads whose close (stage_entered_at) is at or after `since`.
+    fn closed_leads(
+        &self,
+        since: i64,
+    ) -> impl Future<Output = Result<Vec<LeadState>, StoreError>> + Send;
+
+    /// The time of the newest close, if any lead is closed.
+    fn newest_close(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Up to `limit` leads updated at or after `since`, newest first.
+    fn recent_leads(
+        &self,
+        since: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LeadState>, StoreError>> + Send;
+
+    fn newest_update(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Adds a model (inactive) and returns its version.
+    fn insert_model(
+        &self,
+        model: &NewModel,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Every registry entry, oldest first.
+    fn list_models(&self) -> impl Future<Output = Result<Vec<ModelRecord>, StoreError>> + Send;
+
+    fn model_record(
+        &self,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<ModelRecord>, StoreError>> + Send;
+
+    fn model_document(
+        &self,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<ModelDocument>, StoreError>> + Send;
+
+    fn active_model_version(&self) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Makes `version` the only active model.
+    fn activate_model(
+        &self,
+        version: i64,
+        at: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 pub struct PgStore {
@@ -446,6 +542,122 @@ macro_rules! impl_sql_store {
             async fn outbox_depth(&self) -> Result<i64, StoreError> {
                 Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&self.pool).await?)
             }
+
+            async fn closed_leads(&self, since: i64) -> Result<Vec<LeadState>, StoreError> {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT lead_ext_id, state FROM leads
+                     WHERE stage IN ('closed_won', 'closed_lost') AND stage_entered_at >= $1
+                     ORDER BY lead_ext_id",
+                )
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|(id, json)| decode_state(id, json)).collect()
+            }
+
+            async fn newest_close(&self) -> Result<Option<i64>, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT MAX(stage_entered_at) FROM leads WHERE stage IN ('closed_won', 'closed_lost')",
+                )
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn recent_leads(&self, since: i64, limit: i64) -> Result<Vec<LeadState>, StoreError> {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT lead_ext_id, state FROM leads WHERE updated_at >= $1
+                     ORDER BY updated_at DESC, lead_ext_id LIMIT $2",
+                )
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|(id, json)| decode_state(id, json)).collect()
+            }
+
+            async fn newest_update(&self) -> Result<Option<i64>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT MAX(updated_at) FROM leads")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn insert_model(&self, m: &NewModel) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "INSERT INTO models (model_type, params, features, metrics, reason, window_start,
+                        window_end, train_rows, holdout_rows, trained_at, training_seconds, model, profile)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                     RETURNING version",
+                )
+                .bind(&m.model_type)
+                .bind(&m.params)
+                .bind(&m.features)
+                .bind(&m.metrics)
+                .bind(&m.reason)
+                .bind(m.window_start)
+                .bind(m.window_end)
+                .bind(m.train_rows)
+                .bind(m.holdout_rows)
+                .bind(m.trained_at)
+                .bind(m.training_seconds)
+                .bind(&m.model)
+                .bind(&m.profile)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn list_models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY version"))
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn model_record(&self, version: i64) -> Result<Option<ModelRecord>, StoreError> {
+                Ok(sqlx::query_as(&format!("SELECT {MODEL_COLUMNS} FROM models WHERE version = $1"))
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn model_document(&self, version: i64) -> Result<Option<ModelDocument>, StoreError> {
+                Ok(sqlx::query_as("SELECT version, model, profile FROM models WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn active_model_version(&self) -> Result<Option<i64>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT version FROM models WHERE active")
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn activate_model(&self, version: i64, at: i64) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE models SET active = FALSE WHERE active AND version <> $1")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+                let updated = sqlx::query(
+                    "UPDATE models SET active = TRUE, activated_at = $2 WHERE version = $1 AND NOT active",
+                )
+                .bind(version)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    let exists: Option<i64> =
+                        sqlx::query_scalar("SELECT version FROM models WHERE version = $1")
+                            .bind(version)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if exists.is_none() {
+                        return Err(StoreError::ModelNotFound(version));
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
         }
     };
 }
@@ -540,5 +752,45 @@ impl LeadStore for Store {
 
     async fn outbox_depth(&self) -> Result<i64, StoreError> {
         delegate!(self, s => s.outbox_depth())
+    }
+
+    async fn closed_leads(&self, since: i64) -> Result<Vec<LeadState>, StoreError> {
+        delegate!(self, s => s.closed_leads(since))
+    }
+
+    async fn newest_close(&self) -> Result<Option<i64>, StoreError> {
+        delegate!(self, s => s.newest_close())
+    }
+
+    async fn recent_leads(&self, since: i64, limit: i64) -> Result<Vec<LeadState>, StoreError> {
+        delegate!(self, s => s.recent_leads(since, limit))
+    }
+
+    async fn newest_update(&self) -> Result<Option<i64>, StoreError> {
+        delegate!(self, s => s.newest_update())
+    }
+
+    async fn insert_model(&self, model: &NewModel) -> Result<i64, StoreError> {
+        delegate!(self, s => s.insert_model(model))
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        delegate!(self, s => s.list_models())
+    }
+
+    async fn model_record(&self, version: i64) -> Result<Option<ModelRecord>, StoreError> {
+        delegate!(self, s => s.model_record(version))
+    }
+
+    async fn model_document(&self, version: i64) -> Result<Option<ModelDocument>, StoreError> {
+        delegate!(self, s => s.model_document(version))
+    }
+
+    async fn active_model_version(&self) -> Result<Option<i64>, StoreError> {
+        delegate!(self, s => s.active_model_version())
+    }
+
+    async fn activate_model(&self, version: i64, at: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.activate_model(version, at))
     }
 }

@@ -157,6 +157,7 @@ async fn simulated_stream_lands_in_the_store<S: LeadStore + 'static>(store: Arc<
         .await
         .expect("create topics (is the broker up? `make broker`)");
     let params = SimulationParams {
+        source_shares: Default::default(),
         seed: 11,
         leads: 120,
         days: 45,
@@ -266,6 +267,7 @@ async fn redelivered_messages_change_nothing<S: LeadStore + 'static>(store: Arc<
     let config = test_config(url);
     kafka::create_topics(&config).await.unwrap();
     let params = SimulationParams {
+        source_shares: Default::default(),
         seed: 5,
         leads: 20,
         days: 20,
@@ -305,6 +307,7 @@ async fn poison_messages_are_dead_lettered<S: LeadStore + 'static>(store: Arc<S>
     config.processor.max_message_bytes = 64 * 1024;
     kafka::create_topics(&config).await.unwrap();
     let events = simulate::generate(&SimulationParams {
+        source_shares: Default::default(),
         seed: 3,
         leads: 15,
         days: 10,
@@ -448,6 +451,7 @@ async fn metrics_endpoint_reports_the_run() {
     let config = test_config(&db.url);
     kafka::create_topics(&config).await.unwrap();
     let events = simulate::generate(&SimulationParams {
+        source_shares: Default::default(),
         seed: 4,
         leads: 10,
         days: 10,

@@ -73,7 +73,12 @@ fn full_state(id: &str) -> LeadState {
         final_score: 61.0,
         segment: Segment::HighPriority,
         computed_at: 1_700_000_400_000,
+        ml_score: Some(48.25),
+        model_version: Some("3".into()),
     });
+    let mut before_close = s.clone();
+    before_close.stage = Stage::Negotiation;
+    s.pre_close = Some(Box::new(before_close));
     s.recent_event_ids = ["e-1", "e-2", "e-3"]
         .iter()
         .map(|s| s.to_string())

@@ -22,6 +22,7 @@
 //!   retried with backoff and never dead-lettered.
 
 pub mod merge;
+pub mod models;
 pub mod outbox;
 pub mod replay;
 
@@ -49,9 +50,11 @@ use crate::events::{InputEvent, InputStream, Millis};
 use crate::kafka::{client_config, producer};
 use crate::lead::{apply, ApplyContext, LeadState, Output};
 use crate::metrics::Metrics;
+use crate::scoring::ActiveModel;
 use crate::store::{BatchWrite, LeadStore, NewOutboxRow, OffsetAdvance, StoreError};
 
 use merge::{MergeBuffer, Pending};
+use models::{ModelSlot, ModelWatcher};
 use outbox::OutboxRelay;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,7 @@ pub async fn apply_batch<S: LeadStore>(
     store: &S,
     events: &[(i32, InputEvent)],
     config: &Config,
+    model: Option<&ActiveModel>,
     clock: impl Fn(&InputEvent) -> Millis,
     summary: &mut RunSummary,
 ) -> Result<AppliedBatch, StoreError> {
@@ -156,6 +160,7 @@ pub async fn apply_batch<S: LeadStore>(
             scoring: &config.scoring,
             dedup_window: config.processor.dedup_window,
             now: clock(event),
+            model,
         };
         let applied = apply(states.remove(id), event, &ctx);
         if applied.duplicate {
@@ -410,6 +415,7 @@ pub struct Pipeline<S: LeadStore + 'static> {
     consumer: StreamConsumer<AssignmentContext<S>>,
     producer: FutureProducer,
     assignment: Arc<Assignment>,
+    models: Arc<ModelSlot>,
 }
 
 impl<S: LeadStore + 'static> Pipeline<S> {
@@ -458,7 +464,13 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             consumer,
             producer,
             assignment,
+            models: Arc::new(ModelSlot::default()),
         })
+    }
+
+    /// The model scoring the next batch (for tests and the API).
+    pub fn model_slot(&self) -> Arc<ModelSlot> {
+        self.models.clone()
     }
 
     /// Runs until `shutdown` resolves (or the idle limit passes): finishes the
@@ -473,6 +485,17 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         if let Ok(depth) = self.store.outbox_depth().await {
             self.metrics.outbox_depth.set(depth);
         }
+        let watcher = ModelWatcher {
+            store: self.store.clone(),
+            scoring: self.config.scoring.clone(),
+            slot: self.models.clone(),
+            metrics: self.metrics.clone(),
+        };
+        // The first batch is scored by the active model, not by rules alone.
+        if let Err(e) = watcher.refresh().await {
+            warn!(error = %e, "could not load the active model; scoring with rules until it loads");
+        }
+        let watcher = tokio::spawn(watcher.run(relay_stop.clone()));
         let relay = tokio::spawn(
             OutboxRelay {
                 store: self.store.clone(),
@@ -489,6 +512,9 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         let _ = stop_relay.send(true);
         if let Err(e) = relay.await {
             warn!(error = %e, "outbox relay ended abnormally");
+        }
+        if let Err(e) = watcher.await {
+            warn!(error = %e, "model watcher ended abnormally");
         }
         self.consumer.unsubscribe();
         match &result {
@@ -783,6 +809,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             })
             .collect();
         let now = wall_clock_millis();
+        let model = self.models.current();
         let before = summary.clone();
         // A commit whose acknowledgement was lost (the connection dropped
         // after the database committed) looks like a fenced advance on the
@@ -797,6 +824,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 self.store.as_ref(),
                 &events,
                 &self.config,
+                model.as_deref(),
                 |_| now,
                 &mut attempt,
             )

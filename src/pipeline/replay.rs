@@ -24,6 +24,8 @@ pub enum ReplayError {
     Store(#[from] StoreError),
     #[error("writing outputs: {0}")]
     Io(#[from] std::io::Error),
+    #[error("model registry: {0}")]
+    Registry(#[from] crate::scoring::registry::RegistryError),
 }
 
 /// Orders a stream as the live loop would: per partition, merged by event time.
@@ -62,11 +64,20 @@ pub async fn replay<S: LeadStore>(
     events: Vec<InputEvent>,
 ) -> Result<(RunSummary, Vec<Output>), ReplayError> {
     let ordered = live_order(config, events);
+    // A replay scores with the model active when it starts, throughout.
+    let model = crate::scoring::registry::load_active(store).await?;
     let mut summary = RunSummary::default();
     let mut outputs = Vec::new();
     for chunk in ordered.chunks(config.processor.batch_size) {
-        let applied =
-            apply_batch(store, chunk, config, InputEvent::occurred_at, &mut summary).await?;
+        let applied = apply_batch(
+            store,
+            chunk,
+            config,
+            model.as_ref(),
+            InputEvent::occurred_at,
+            &mut summary,
+        )
+        .await?;
         store
             .commit_batch(&BatchWrite {
                 consumer_group: &config.kafka.group_id,

@@ -8,6 +8,15 @@
 //! `engagement_half_life_days`; it is kept as a [`DecayedSum`] in the lead's
 //! state so that scoring never needs the lead's full interaction history.
 
+pub mod drift;
+pub mod evaluation;
+pub mod features;
+pub mod linear;
+pub mod model;
+pub mod registry;
+pub mod training;
+pub mod trees;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +28,64 @@ use crate::events::{InteractionKind, Millis, Segment, MILLIS_PER_DAY};
 pub struct ScoringConfig {
     pub rules: RuleConfig,
     pub segments: SegmentThresholds,
+    pub model: ModelConfig,
+    pub features: features::FeatureConfig,
+    pub training: training::TrainingConfig,
+}
+
+/// How the conversion model takes part in scoring, and when it is renewed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// final = ml_weight × ml_score + (1 − ml_weight) × initial_score.
+    pub ml_weight: f64,
+    /// Factors listed in each LeadScore.
+    pub top_factors: usize,
+    /// How often a running processor looks for a newly activated model.
+    pub poll_interval_ms: u64,
+    /// Retrain when the active model is this old (0: never on a schedule).
+    pub retrain_interval_days: u32,
+    /// Retrain when any feature's PSI passes this (0: never on drift).
+    pub drift_threshold: f64,
+    /// Recent traffic = leads updated in this many days up to the newest update.
+    pub drift_window_days: u32,
+    pub drift_check_interval_s: u64,
+    /// Fewer recent leads than this give no drift figure.
+    pub drift_min_rows: usize,
+    /// After a retrain, no other for this long whatever the drift.
+    pub retrain_cooldown_s: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            ml_weight: 0.6,
+            top_factors: 5,
+            poll_interval_ms: 2000,
+            retrain_interval_days: 30,
+            drift_threshold: 0.25,
+            drift_window_days: 14,
+            drift_check_interval_s: 300,
+            drift_min_rows: 200,
+            retrain_cooldown_s: 3600,
+        }
+    }
+}
+
+/// The registry's active model, as the processor holds it.
+#[derive(Debug, Clone)]
+pub struct ActiveModel {
+    pub version: i64,
+    pub model: model::TrainedModel,
+    /// The drift reference stored with the model.
+    pub profile: Option<drift::Profile>,
+}
+
+impl ActiveModel {
+    /// What LeadScore.model_version says.
+    pub fn version_label(&self) -> String {
+        self.version.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +268,53 @@ impl ScoringConfig {
                 return Err((key.into(), format!("{v} is outside 0..100")));
             }
         }
+        let m = &self.model;
+        if !(0.0..=1.0).contains(&m.ml_weight) {
+            return Err((
+                "model.ml_weight".into(),
+                format!("{} is outside 0..1", m.ml_weight),
+            ));
+        }
+        if m.poll_interval_ms == 0 || m.drift_check_interval_s == 0 {
+            return Err((
+                "model".into(),
+                "poll_interval_ms and drift_check_interval_s must be positive".into(),
+            ));
+        }
+        if !(m.drift_threshold.is_finite() && m.drift_threshold >= 0.0) {
+            return Err((
+                "model.drift_threshold".into(),
+                format!("{} must be zero or more", m.drift_threshold),
+            ));
+        }
+        if m.drift_window_days == 0 {
+            return Err((
+                "model.drift_window_days".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for name in self
+            .features
+            .numeric_attributes
+            .iter()
+            .chain(&self.features.categorical_attributes)
+        {
+            if name.trim().is_empty() {
+                return Err(("features".into(), "an attribute name is empty".into()));
+            }
+        }
+        if let Some(name) = self
+            .features
+            .numeric_attributes
+            .iter()
+            .find(|n| self.features.categorical_attributes.contains(n))
+        {
+            return Err((
+                "features".into(),
+                format!("attribute `{name}` is listed as both numeric and categorical"),
+            ));
+        }
+        self.training.validate()?;
         if !(s.premium > s.high_priority && s.high_priority > s.standard) {
             return Err((
                 "segments".into(),

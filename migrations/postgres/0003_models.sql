@@ -1,0 +1,27 @@
+-- The model registry: every trained model with what it was trained on, how
+-- it scored on its hold-out, the serialized model itself, and which one is
+-- active (at most one; running processors poll for it).
+CREATE TABLE models (
+    version         BIGSERIAL PRIMARY KEY,
+    model_type      TEXT NOT NULL,
+    params          TEXT NOT NULL,
+    features        TEXT NOT NULL,
+    metrics         TEXT NOT NULL,
+    -- What started the training: cli, csv:<file>, schedule, drift, api.
+    reason          TEXT NOT NULL,
+    window_start    BIGINT,
+    window_end      BIGINT,
+    train_rows      BIGINT NOT NULL,
+    holdout_rows    BIGINT NOT NULL,
+    trained_at      BIGINT NOT NULL,
+    training_seconds DOUBLE PRECISION NOT NULL,
+    model           TEXT NOT NULL,
+    -- Feature distributions of the training rows, the drift reference.
+    profile         TEXT,
+    active          BOOLEAN NOT NULL DEFAULT FALSE,
+    activated_at    BIGINT
+);
+CREATE UNIQUE INDEX models_one_active ON models (active) WHERE active;
+
+-- Recent traffic for drift checks.
+CREATE INDEX leads_updated_at ON leads (updated_at);
