@@ -38,6 +38,48 @@ pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientCo
 }
 
 /// An idempotent producer: retries inside librdkafka never duplicate or reorder.
+/// The processor's producer, shared by the outbox relay and the dead-letter
+/// writer. An idempotent producer that lost its sequence state with the
+/// broker (OutOfOrderSequenceNumber, seen during rebalances) fails every send
+/// from then on; librdkafka's remedy is a new producer, which `renew_if_failed`
+/// makes. Nothing is lost: unacknowledged outbox rows are still in the store
+/// and a dead letter is retried until acknowledged.
+pub struct SharedProducer {
+    kafka: KafkaConfig,
+    current: std::sync::Mutex<FutureProducer>,
+}
+
+impl SharedProducer {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(SharedProducer {
+            kafka: kafka.clone(),
+            current: std::sync::Mutex::new(producer(kafka)?),
+        })
+    }
+
+    pub fn get(&self) -> FutureProducer {
+        self.current.lock().expect("producer lock").clone()
+    }
+
+    /// Call after a failed send: replaces the producer if it failed fatally.
+    pub fn renew_if_failed(&self) {
+        let mut current = self.current.lock().expect("producer lock");
+        let Some((code, reason)) = rdkafka::producer::Producer::client(&*current).fatal_error()
+        else {
+            return;
+        };
+        match producer(&self.kafka) {
+            Ok(fresh) => {
+                tracing::warn!(error = ?code, reason, "producer failed fatally; replaced by a new one");
+                *current = fresh;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "producer failed fatally; a new one cannot be created yet")
+            }
+        }
+    }
+}
+
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     client_config(
         kafka,

@@ -83,6 +83,26 @@ fn a_bad_value_names_the_key_and_the_reason() {
         &[],
     );
     assert!(e.contains("scoring.rules.value_bands[1]"), "{e}");
+    let e = error("[scoring.model]\nml_weight = 1.5\n", &[]);
+    assert!(
+        e.contains("scoring.model.ml_weight") && e.contains("outside 0..1"),
+        "{e}"
+    );
+    let e = error("[scoring.training]\nmodel_type = \"xgboost\"\n", &[]);
+    assert!(e.contains("model_type") && e.contains("line 2"), "{e}");
+    let e = error(
+        "[scoring.training.gradient_boosting]\nsubsample = 0.0\n",
+        &[],
+    );
+    assert!(
+        e.contains("scoring.training.gradient_boosting.subsample") && e.contains("(0, 1]"),
+        "{e}"
+    );
+    let e = error(
+        "[scoring.features]\nnumeric_attributes = [\"size\"]\ncategorical_attributes = [\"size\"]\n",
+        &[],
+    );
+    assert!(e.contains("scoring.features") && e.contains("both"), "{e}");
     let e = error("[topics]\nleads = \"bad topic!\"\n", &[]);
     assert!(e.contains("topics.leads") && e.contains("only A-Z"), "{e}");
     let e = error("[topics]\nscores = \"leads\"\n", &[]);

@@ -392,7 +392,72 @@ async fn source_drift_raises_psi_and_retrains<S: LeadStore + 'static>(store: Arc
     task.abort();
 }
 
+async fn an_old_model_is_retrained_on_schedule<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
+    let mut config = test_config(url);
+    config.scoring.model.drift_check_interval_s = 1;
+    config.scoring.model.drift_threshold = 0.0;
+    config.scoring.model.retrain_interval_days = 30;
+    replay(&config, store.as_ref(), stream(61, 1500, 90, JAN_2026))
+        .await
+        .unwrap();
+    let window = config.scoring.training.window_days;
+    let dataset = dataset_from_store(store.as_ref(), &config.scoring, window)
+        .await
+        .unwrap();
+    let month_ago = chrono::Utc::now().timestamp_millis() - 31 * MILLIS_PER_DAY;
+    let old = train_and_register(
+        store.as_ref(),
+        &config.scoring,
+        dataset,
+        "cli",
+        Activation::Always,
+        Arc::new(NoProgress),
+        month_ago,
+        true,
+    )
+    .await
+    .unwrap();
+    let metrics = Arc::new(leadflow::metrics::Metrics::new());
+    let watcher = leadflow::pipeline::models::ModelWatcher {
+        store: store.clone(),
+        scoring: config.scoring.clone(),
+        slot: Arc::new(Default::default()),
+        metrics: metrics.clone(),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(watcher.run(stopped));
+    wait_for("a scheduled retrain", Duration::from_secs(60), async || {
+        store.list_models().await.unwrap().len() == 2
+    })
+    .await;
+    let models = store.list_models().await.unwrap();
+    assert_eq!(models[1].reason, "schedule");
+    // Same data, same seed: the new model is exactly as good, so it is activated.
+    let retrained = models[1].version;
+    wait_for(
+        "the new model in the slot",
+        Duration::from_secs(10),
+        async || metrics.model_version.get() == retrained,
+    )
+    .await;
+    assert_eq!(store.active_model_version().await.unwrap(), Some(retrained));
+    assert_eq!(
+        metrics
+            .model_retrains
+            .with_label_values(&["schedule", "activated"])
+            .get(),
+        1
+    );
+    // A fresh model is not due: no second retrain.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(store.list_models().await.unwrap().len(), 2);
+    assert_ne!(old.version, retrained);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
 backend_tests!(
+    an_old_model_is_retrained_on_schedule,
     models_beat_the_rule_score_and_live_in_the_registry,
     activated_model_takes_over_without_a_restart,
     source_drift_raises_psi_and_retrains,

@@ -26,7 +26,7 @@ frame = frame.sort_values("closed_at", kind="stable")
 y = frame.pop("converted").to_numpy()
 frame.pop("closed_at")
 for column in frame.columns:
-    if frame[column].dtype == object:
+    if not pd.api.types.is_numeric_dtype(frame[column]):
         frame[column] = frame[column].astype("category")
 n = len(frame)
 holdout = n - round(n * 0.2)

@@ -37,7 +37,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{watch, Notify};
@@ -47,7 +47,7 @@ use tracing::{error, info, warn};
 use crate::codec::{Codec, CodecError};
 use crate::config::Config;
 use crate::events::{InputEvent, InputStream, Millis};
-use crate::kafka::{client_config, producer};
+use crate::kafka::{client_config, SharedProducer};
 use crate::lead::{apply, ApplyContext, LeadState, Output};
 use crate::metrics::Metrics;
 use crate::scoring::ActiveModel;
@@ -413,7 +413,7 @@ pub struct Pipeline<S: LeadStore + 'static> {
     codec: Arc<Codec>,
     metrics: Arc<Metrics>,
     consumer: StreamConsumer<AssignmentContext<S>>,
-    producer: FutureProducer,
+    producer: Arc<SharedProducer>,
     assignment: Arc<Assignment>,
     models: Arc<ModelSlot>,
 }
@@ -455,7 +455,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             .map(|s| config.topics.input(*s))
             .collect();
         consumer.subscribe(&topics)?;
-        let producer = producer(&config.kafka)?;
+        let producer = Arc::new(SharedProducer::new(&config.kafka)?);
         Ok(Pipeline {
             config,
             store,
@@ -466,11 +466,6 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             assignment,
             models: Arc::new(ModelSlot::default()),
         })
-    }
-
-    /// The model scoring the next batch (for tests and the API).
-    pub fn model_slot(&self) -> Arc<ModelSlot> {
-        self.models.clone()
     }
 
     /// Runs until `shutdown` resolves (or the idle limit passes): finishes the
@@ -993,9 +988,15 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             if let Some(payload) = &message.payload {
                 record = record.payload(payload.as_slice());
             }
-            match self.producer.send(record, Duration::from_secs(30)).await {
+            match self
+                .producer
+                .get()
+                .send(record, Duration::from_secs(30))
+                .await
+            {
                 Ok(_) => return,
                 Err((e, _)) => {
+                    self.producer.renew_if_failed();
                     warn!(error = %e, topic = %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter write failed, retrying");
                     sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));

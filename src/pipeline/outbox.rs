@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use crate::codec::{Codec, CodecError};
+use crate::kafka::SharedProducer;
 use crate::lead::Output;
 use crate::metrics::Metrics;
 use crate::store::{LeadStore, OutboxEntry};
@@ -30,7 +31,7 @@ pub const OUTPUT_ID_HEADER: &str = "leadflow.output.id";
 pub struct OutboxRelay<S> {
     pub store: Arc<S>,
     pub codec: Arc<Codec>,
-    pub producer: FutureProducer,
+    pub producer: Arc<SharedProducer>,
     pub assignment: Arc<Assignment>,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
@@ -92,6 +93,7 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
                 }
                 Err(e) => {
                     self.metrics.relay_errors.inc();
+                    self.producer.renew_if_failed();
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: publish failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -108,7 +110,7 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
             let payload = match &output {
                 Output::Score(score) => self.codec.encode(&row.topic, score).await?,
             };
-            let producer = &self.producer;
+            let producer = self.producer.get();
             acks.push_back(async move {
                 let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
                     key: OUTPUT_ID_HEADER,

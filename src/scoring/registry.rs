@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::drift::Profile;
 use super::evaluation::Metrics;
-use super::features::{extract, feature_defs, FeatureDef};
+use super::features::{extract, feature_defs};
 use super::model::TrainedModel;
 use super::training::{
     evaluate_model, train, Dataset, Evaluation, Progress, TrainingError, TrainingOutcome,
@@ -180,12 +180,11 @@ pub async fn train_and_register<S: LeadStore>(
         evaluation: outcome.evaluation.clone(),
         previous: previous.clone(),
     };
-    let features: Vec<&FeatureDef> = outcome.model.encoder.features.iter().collect();
     let version = store
         .insert_model(&NewModel {
             model_type: outcome.model.model_type().as_str().to_string(),
             params: scoring.training.params_json().to_string(),
-            features: serde_json::to_string(&features).expect("plain data"),
+            features: serde_json::to_string(&outcome.model.encoder.features).expect("plain data"),
             metrics: serde_json::to_string(&stored).expect("plain data"),
             reason: reason.to_string(),
             window_start: window.map(|w| w.0),
