@@ -15,9 +15,10 @@ use std::io::Read;
 
 use crate::config::Config;
 use crate::events::{InputEvent, LeadEvent, LeadEventKind, Millis, Stage, StageChangeEvent};
-use crate::pipeline::{apply_batch, RunSummary};
+use crate::pipeline::replay::apply_in_batches;
+use crate::pipeline::RunSummary;
 use crate::scoring::training::{parse_outcome, parse_time};
-use crate::store::{BatchWrite, LeadStore, StoreError};
+use crate::store::{LeadStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -241,27 +242,7 @@ pub async fn import_rows<S: LeadStore>(
         .iter()
         .flat_map(|(_, events)| events.iter().cloned().map(|e| (0, e)))
         .collect();
-    let mut summary = RunSummary::default();
-    for chunk in events.chunks(config.processor.batch_size.max(1)) {
-        let applied = apply_batch(
-            store,
-            chunk,
-            config,
-            None,
-            InputEvent::occurred_at,
-            &mut summary,
-        )
-        .await?;
-        store
-            .commit_batch(&BatchWrite {
-                consumer_group: &config.kafka.group_id,
-                leads: applied.leads.iter().collect(),
-                ..Default::default()
-            })
-            .await?;
-        summary.consumed += chunk.len() as u64;
-        summary.batches += 1;
-    }
+    let (summary, _) = apply_in_batches(store, config, None, &events).await?;
     Ok(summary)
 }
 

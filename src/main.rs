@@ -24,6 +24,7 @@ use leadflow::scoring::registry::{
 };
 use leadflow::scoring::training::{evaluate_model, CsvSpec, Dataset, Progress};
 use leadflow::scoring::trees::ColumnKind;
+use leadflow::scoring::ActiveModel;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, Store};
 
@@ -643,16 +644,8 @@ async fn model(mut config: Config, command: ModelCommand) -> Result<()> {
             window_days,
             csv,
         } => {
-            let version = match version {
-                Some(v) => v,
-                None => store
-                    .active_model_version()
-                    .await?
-                    .context("no model is active; name a version")?,
-            };
-            let active = load_model(&store, version)
-                .await?
-                .with_context(|| format!("no model version {version}"))?;
+            let active = chosen_model(&store, version).await?;
+            let version = active.version;
             let (dataset, rows) = match &csv.csv {
                 Some(path) => {
                     let d = read_csv_dataset(path, &csv)?;
@@ -690,16 +683,8 @@ async fn model(mut config: Config, command: ModelCommand) -> Result<()> {
             output,
             version,
         } => {
-            let version = match version {
-                Some(v) => v,
-                None => store
-                    .active_model_version()
-                    .await?
-                    .context("no model is active; name one with --version")?,
-            };
-            let active = load_model(&store, version)
-                .await?
-                .with_context(|| format!("no model version {version}"))?;
+            let active = chosen_model(&store, version).await?;
+            let version = active.version;
             let scored = score_csv(&active.model, &input, &output)?;
             println!(
                 "scored {scored} rows of {} with model {version} into {}",
@@ -709,6 +694,20 @@ async fn model(mut config: Config, command: ModelCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The named model version, or the active one.
+async fn chosen_model(store: &Store, version: Option<i64>) -> Result<ActiveModel> {
+    let version = match version {
+        Some(v) => v,
+        None => store
+            .active_model_version()
+            .await?
+            .context("no model is active; name a version")?,
+    };
+    load_model(store, version)
+        .await?
+        .with_context(|| format!("no model version {version}"))
 }
 
 /// Copies a CSV, adding `conversion_probability` from the model. Feature

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::events::InputEvent;
 use crate::kafka::partition_for_key;
 use crate::lead::Output;
+use crate::scoring::ActiveModel;
 use crate::store::{BatchWrite, LeadStore, StoreError};
 
 use super::merge::{MergeBuffer, Pending};
@@ -66,14 +67,26 @@ pub async fn replay<S: LeadStore>(
     let ordered = live_order(config, events);
     // A replay scores with the model active when it starts, throughout.
     let model = crate::scoring::registry::load_active(store).await?;
+    Ok(apply_in_batches(store, config, model.as_ref(), &ordered).await?)
+}
+
+/// Applies already ordered events in transactions of `processor.batch_size`,
+/// with event time as the clock; no offsets are written (the input is not a
+/// topic) and the outputs are returned, not put in the outbox.
+pub async fn apply_in_batches<S: LeadStore>(
+    store: &S,
+    config: &Config,
+    model: Option<&ActiveModel>,
+    ordered: &[(i32, InputEvent)],
+) -> Result<(RunSummary, Vec<Output>), StoreError> {
     let mut summary = RunSummary::default();
     let mut outputs = Vec::new();
-    for chunk in ordered.chunks(config.processor.batch_size) {
+    for chunk in ordered.chunks(config.processor.batch_size.max(1)) {
         let applied = apply_batch(
             store,
             chunk,
             config,
-            model.as_ref(),
+            model,
             InputEvent::occurred_at,
             &mut summary,
         )
