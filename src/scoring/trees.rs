@@ -370,7 +370,14 @@ impl TrainingData<'_> {
     /// pair is read once and its bins are contiguous (row-major copy), which
     /// beats a pass per feature. Big nodes split their rows across threads
     /// and add the partial histograms.
-    fn build_hist(&self, rows: &[u32], grad: &[f64], hess: &[f64]) -> Vec<HistBin> {
+    /// Only the histograms of `allowed` (this tree's features) are filled.
+    fn build_hist(
+        &self,
+        rows: &[u32],
+        grad: &[f64],
+        hess: &[f64],
+        allowed: &[usize],
+    ) -> Vec<HistBin> {
         let features = self.features();
         let build = |chunk: &[u32]| {
             let mut hist = vec![HistBin::default(); features * STRIDE];
@@ -378,8 +385,8 @@ impl TrainingData<'_> {
                 let r = r as usize;
                 let (g, h) = (grad[r] as f32, hess[r] as f32);
                 let bins = &self.row_major[r * features..(r + 1) * features];
-                for (cells, &b) in hist.chunks_exact_mut(STRIDE).zip(bins) {
-                    let cell = &mut cells[b as usize];
+                for &f in allowed {
+                    let cell = &mut hist[f * STRIDE + bins[f] as usize];
                     cell.g += g;
                     cell.h += h;
                 }
@@ -532,7 +539,7 @@ impl TrainingData<'_> {
             count: rows.len() as u32,
             split: None,
         }];
-        let hist = self.build_hist(&rows, grad, hess);
+        let hist = self.build_hist(&rows, grad, hess, &allowed_list);
         let candidates = pick_features(rng);
         let best = (params.max_depth > 0)
             .then(|| self.best_split(&hist, &candidates, params, rows.len() as u32))
@@ -583,7 +590,7 @@ impl TrainingData<'_> {
             } else {
                 (right_rows, false)
             };
-            let small_hist = self.build_hist(small_rows, grad, hess);
+            let small_hist = self.build_hist(small_rows, grad, hess, &allowed_list);
             let mut large_hist = leaf.hist;
             for (l, s) in large_hist.iter_mut().zip(&small_hist) {
                 l.g -= s.g;
