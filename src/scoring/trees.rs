@@ -295,6 +295,10 @@ struct HistBin {
 /// features alias (4K aliasing) and histogram building ran four times slower.
 const STRIDE: usize = BINS + 8;
 
+/// A row's gradient and hessian, in f32: half the bytes a histogram pass
+/// reads per row (sums over nodes are taken in f64).
+type GradPair = [f32; 2];
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Sums {
     g: f64,
@@ -371,19 +375,13 @@ impl TrainingData<'_> {
     /// beats a pass per feature. Big nodes split their rows across threads
     /// and add the partial histograms.
     /// Only the histograms of `allowed` (this tree's features) are filled.
-    fn build_hist(
-        &self,
-        rows: &[u32],
-        grad: &[f64],
-        hess: &[f64],
-        allowed: &[usize],
-    ) -> Vec<HistBin> {
+    fn build_hist(&self, rows: &[u32], gradients: &[GradPair], allowed: &[usize]) -> Vec<HistBin> {
         let features = self.features();
         let build = |chunk: &[u32]| {
             let mut hist = vec![HistBin::default(); features * STRIDE];
             for &r in chunk {
                 let r = r as usize;
-                let (g, h) = (grad[r] as f32, hess[r] as f32);
+                let [g, h] = gradients[r];
                 let bins = &self.row_major[r * features..(r + 1) * features];
                 for &f in allowed {
                     let cell = &mut hist[f * STRIDE + bins[f] as usize];
@@ -510,8 +508,7 @@ impl TrainingData<'_> {
     pub fn grow(
         &self,
         mut rows: Vec<u32>,
-        grad: &[f64],
-        hess: &[f64],
+        gradients: &[GradPair],
         allowed: &[bool],
         params: &GrowParams,
         rng: &mut ChaCha8Rng,
@@ -532,14 +529,15 @@ impl TrainingData<'_> {
         };
         let value_of = |g: f64, h: f64| -g / (h + params.lambda) * params.shrinkage;
         let (g0, h0) = rows.iter().fold((0.0, 0.0), |(g, h), &r| {
-            (g + grad[r as usize], h + hess[r as usize])
+            let [gr, hr] = gradients[r as usize];
+            (g + gr as f64, h + hr as f64)
         });
         let mut nodes = vec![Node {
             value: value_of(g0, h0),
             count: rows.len() as u32,
             split: None,
         }];
-        let hist = self.build_hist(&rows, grad, hess, &allowed_list);
+        let hist = self.build_hist(&rows, gradients, &allowed_list);
         let candidates = pick_features(rng);
         let best = (params.max_depth > 0)
             .then(|| self.best_split(&hist, &candidates, params, rows.len() as u32))
@@ -590,7 +588,7 @@ impl TrainingData<'_> {
             } else {
                 (right_rows, false)
             };
-            let small_hist = self.build_hist(small_rows, grad, hess, &allowed_list);
+            let small_hist = self.build_hist(small_rows, gradients, &allowed_list);
             let mut large_hist = leaf.hist;
             for (l, s) in large_hist.iter_mut().zip(&small_hist) {
                 l.g -= s.g;
@@ -766,8 +764,7 @@ pub fn train_boosting(
     let rate = (y.iter().sum::<f64>() / n.max(1) as f64).clamp(1e-6, 1.0 - 1e-6);
     let base_margin = (rate / (1.0 - rate)).ln();
     let mut margins = vec![base_margin; n];
-    let mut grad = vec![0.0; n];
-    let mut hess = vec![0.0; n];
+    let mut gradients: Vec<GradPair> = vec![[0.0; 2]; n];
     let valid_binned = valid.map(|(t, _)| binner.bin_table(t));
     let mut valid_margins = vec![base_margin; valid.map_or(0, |(t, _)| t.rows())];
     let features = train.kinds.len();
@@ -789,23 +786,22 @@ pub fn train_boosting(
     for iteration in 0..params.max_trees {
         let t0 = std::time::Instant::now();
         let threshold = (params.subsample.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
-        let in_sample: Vec<bool> = (0..n as u64)
-            .into_par_iter()
-            .map(|r| {
-                params.subsample >= 1.0 || sampled(params.seed, iteration as u64, r, threshold)
+        // One pass draws the sample and computes the gradients where this
+        // tree reads them: the rows of its sample.
+        let in_sample: Vec<bool> = gradients
+            .par_iter_mut()
+            .zip(margins.par_iter().zip(y.par_iter()))
+            .enumerate()
+            .map(|(r, (gh, (m, y)))| {
+                let kept = params.subsample >= 1.0
+                    || sampled(params.seed, iteration as u64, r as u64, threshold);
+                if kept {
+                    let p = sigmoid(*m);
+                    *gh = [(p - y) as f32, (p * (1.0 - p)).max(1e-12) as f32];
+                }
+                kept
             })
             .collect();
-        // Gradients only where this tree reads them: the rows of its sample.
-        grad.par_iter_mut()
-            .zip(hess.par_iter_mut())
-            .zip(margins.par_iter().zip(y.par_iter()))
-            .zip(in_sample.par_iter())
-            .filter(|(_, kept)| **kept)
-            .for_each(|(((g, h), (m, y)), _)| {
-                let p = sigmoid(*m);
-                *g = p - y;
-                *h = (p * (1.0 - p)).max(1e-12);
-            });
         let rows: Vec<u32> = in_sample
             .iter()
             .enumerate()
@@ -819,7 +815,7 @@ pub fn train_boosting(
             allowed[f] = true;
         }
         let t1 = std::time::Instant::now();
-        let grown = data.grow(rows, &grad, &hess, &allowed, &grow, &mut rng);
+        let grown = data.grow(rows, &gradients, &allowed, &grow, &mut rng);
         let t2 = std::time::Instant::now();
         let tree = grown.tree;
         for &(node, start, end) in &grown.leaves {
@@ -1022,8 +1018,7 @@ pub fn train_forest(
     };
     // Squared error around zero: with g = -y and h = 1 a node's value
     // -G/H is the mean label and the gain is the variance reduction.
-    let grad: Vec<f64> = y.iter().map(|y| -y).collect();
-    let hess = vec![1.0; n];
+    let gradients: Vec<GradPair> = y.iter().map(|y| [-*y as f32, 1.0]).collect();
     let allowed = vec![true; features];
     let done = std::sync::atomic::AtomicUsize::new(0);
     let bag = |t: usize| {
@@ -1036,9 +1031,7 @@ pub fn train_forest(
         .into_par_iter()
         .map(|t| {
             let (rows, mut rng) = bag(t);
-            let tree = data
-                .grow(rows, &grad, &hess, &allowed, &grow, &mut rng)
-                .tree;
+            let tree = data.grow(rows, &gradients, &allowed, &grow, &mut rng).tree;
             on_tree(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
             tree
         })
