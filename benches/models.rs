@@ -41,6 +41,7 @@ fn dataset(leads: u32, scoring: &ScoringConfig) -> Dataset {
         dedup_window: 64,
         now: START,
         model: None,
+        nurture: None,
     };
     let examples = (0..leads)
         .into_par_iter()

@@ -447,6 +447,9 @@ impl Codec {
             InputStream::StageChanges => {
                 InputEvent::StageChange(self.decode::<StageChangeEvent>(bytes).await?)
             }
+            InputStream::Deliveries => {
+                InputEvent::Delivery(self.decode::<DeliveryEvent>(bytes).await?)
+            }
         };
         event.validate().map_err(CodecError::Validation)?;
         Ok(event)
@@ -457,6 +460,7 @@ impl Codec {
             InputEvent::Lead(e) => Self::encode_json(e),
             InputEvent::Interaction(e) => Self::encode_json(e),
             InputEvent::StageChange(e) => Self::encode_json(e),
+            InputEvent::Delivery(e) => Self::encode_json(e),
         }
     }
 
@@ -470,6 +474,7 @@ impl Codec {
             InputEvent::Lead(e) => self.encode(topic, e).await,
             InputEvent::Interaction(e) => self.encode(topic, e).await,
             InputEvent::StageChange(e) => self.encode(topic, e).await,
+            InputEvent::Delivery(e) => self.encode(topic, e).await,
         }
     }
 }

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::events::InputStream;
+use crate::nurture::sequences::{SequenceError, SequenceSet};
+use crate::nurture::{NurtureConfig, Sequences};
 use crate::scoring::ScoringConfig;
 
 pub const ENV_PREFIX: &str = "LEADFLOW__";
@@ -38,6 +40,8 @@ pub enum ConfigError {
     },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("nurturing sequences (nurture.sequences_file): {0}")]
+    Sequences(#[from] SequenceError),
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -57,6 +61,7 @@ pub struct Config {
     pub processor: ProcessorConfig,
     pub http: HttpConfig,
     pub scoring: ScoringConfig,
+    pub nurture: NurtureConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,8 +84,9 @@ impl Default for HttpConfig {
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub group_id: String,
-    /// Partitions for topics that `leadflow topics create` makes. The three
-    /// input topics must share one count (they are co-partitioned).
+    /// Partitions for topics that `leadflow topics create` makes. The input
+    /// topics (with `message-deliveries`) must share one count: they are
+    /// co-partitioned.
     pub partitions: i32,
     pub replication_factor: i32,
     pub session_timeout_ms: u32,
@@ -135,6 +141,7 @@ impl TopicsConfig {
             InputStream::Leads => &self.leads,
             InputStream::Interactions => &self.interactions,
             InputStream::StageChanges => &self.stage_changes,
+            InputStream::Deliveries => &self.deliveries,
         }
     }
 
@@ -228,6 +235,18 @@ pub struct ProcessorConfig {
     /// Share of the window that may be dead letters before the processor
     /// stops as misconfigured.
     pub dead_letter_max_ratio: f64,
+    /// The clock nurturing timers follow: `wall` (production), or
+    /// `event_time` (each partition's clock is the latest event time applied
+    /// in it, as in a replay; for backfills and deterministic runs).
+    pub clock: ClockMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    #[default]
+    Wall,
+    EventTime,
 }
 
 impl Default for ProcessorConfig {
@@ -240,6 +259,7 @@ impl Default for ProcessorConfig {
             max_message_bytes: 1_048_576,
             dead_letter_window: 1_000,
             dead_letter_max_ratio: 0.5,
+            clock: ClockMode::Wall,
         }
     }
 }
@@ -313,8 +333,26 @@ impl Config {
                 }
             })?
         };
+        let mut config = config;
         config.validate()?;
+        config.load_sequences(origin)?;
         Ok(config)
+    }
+
+    /// Reads and checks `nurture.sequences_file` (relative to the config
+    /// file's directory); the built-in sequences when it is empty.
+    fn load_sequences(&mut self, origin: &Path) -> Result<(), ConfigError> {
+        let file = self.nurture.sequences_file.trim();
+        if file.is_empty() {
+            return Ok(());
+        }
+        let path = Path::new(file);
+        let path = match origin.parent() {
+            Some(dir) if path.is_relative() && origin.is_file() => dir.join(path),
+            _ => path.to_path_buf(),
+        };
+        self.nurture.sequences = Sequences(std::sync::Arc::new(SequenceSet::load(&path)?));
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -423,7 +461,10 @@ impl Config {
         }
         self.scoring
             .validate()
-            .map_err(|(key, reason)| invalid(&format!("scoring.{key}"), reason))
+            .map_err(|(key, reason)| invalid(&format!("scoring.{key}"), reason))?;
+        self.nurture
+            .validate()
+            .map_err(|(key, reason)| invalid(&format!("nurture.{key}"), reason))
     }
 }
 

@@ -363,6 +363,8 @@ pub enum InputEvent {
     Lead(LeadEvent),
     Interaction(InteractionEvent),
     StageChange(StageChangeEvent),
+    /// What `leadflow notify` reported about a message (delivery feedback).
+    Delivery(DeliveryEvent),
 }
 
 /// Which input topic an event belongs to; the topic names themselves are
@@ -373,13 +375,15 @@ pub enum InputStream {
     Leads,
     Interactions,
     StageChanges,
+    Deliveries,
 }
 
 impl InputStream {
-    pub const ALL: [InputStream; 3] = [
+    pub const ALL: [InputStream; 4] = [
         InputStream::Leads,
         InputStream::Interactions,
         InputStream::StageChanges,
+        InputStream::Deliveries,
     ];
 
     pub fn record_name(self) -> &'static str {
@@ -387,6 +391,7 @@ impl InputStream {
             InputStream::Leads => LeadEvent::NAME,
             InputStream::Interactions => InteractionEvent::NAME,
             InputStream::StageChanges => StageChangeEvent::NAME,
+            InputStream::Deliveries => DeliveryEvent::NAME,
         }
     }
 }
@@ -397,6 +402,7 @@ impl InputEvent {
             InputEvent::Lead(_) => InputStream::Leads,
             InputEvent::Interaction(_) => InputStream::Interactions,
             InputEvent::StageChange(_) => InputStream::StageChanges,
+            InputEvent::Delivery(_) => InputStream::Deliveries,
         }
     }
 
@@ -405,6 +411,7 @@ impl InputEvent {
             InputEvent::Lead(e) => &e.event_id,
             InputEvent::Interaction(e) => &e.event_id,
             InputEvent::StageChange(e) => &e.event_id,
+            InputEvent::Delivery(e) => &e.event_id,
         }
     }
 
@@ -413,6 +420,7 @@ impl InputEvent {
             InputEvent::Lead(e) => &e.lead_ext_id,
             InputEvent::Interaction(e) => &e.lead_ext_id,
             InputEvent::StageChange(e) => &e.lead_ext_id,
+            InputEvent::Delivery(e) => &e.lead_ext_id,
         }
     }
 
@@ -421,6 +429,7 @@ impl InputEvent {
             InputEvent::Lead(e) => e.occurred_at,
             InputEvent::Interaction(e) => e.occurred_at,
             InputEvent::StageChange(e) => e.occurred_at,
+            InputEvent::Delivery(e) => e.occurred_at,
         }
     }
 
@@ -458,6 +467,11 @@ impl InputEvent {
                 if !v.is_finite() || v < 0.0 {
                     return Err(format!("estimated_value {v} is negative or not finite"));
                 }
+            }
+        }
+        if let InputEvent::Delivery(e) = self {
+            if e.message_id.trim().is_empty() {
+                return Err("message_id is empty".into());
             }
         }
         if let InputEvent::StageChange(e) = self {

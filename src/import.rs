@@ -16,6 +16,7 @@ use std::io::Read;
 use crate::config::Config;
 use crate::events::{InputEvent, LeadEvent, LeadEventKind, Millis, Stage, StageChangeEvent};
 use crate::pipeline::replay::apply_in_batches;
+use crate::pipeline::BatchClock;
 use crate::pipeline::RunSummary;
 use crate::scoring::training::{parse_outcome, parse_time};
 use crate::store::{LeadStore, StoreError};
@@ -242,7 +243,7 @@ pub async fn import_rows<S: LeadStore>(
         .iter()
         .flat_map(|(_, events)| events.iter().cloned().map(|e| (0, e)))
         .collect();
-    let (summary, _) = apply_in_batches(store, config, None, &events).await?;
+    let (summary, _) = apply_in_batches(store, config, None, &events, BatchClock::Import).await?;
     Ok(summary)
 }
 

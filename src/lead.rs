@@ -3,7 +3,7 @@
 //! (state, event, clock), which is what makes replay, tests and benchmarks
 //! cheap and a live run equal to a replay.
 //!
-//! The three input topics are co-partitioned but Kafka orders records only
+//! The input topics are co-partitioned but Kafka orders records only
 //! within one topic-partition, so a lead's interactions may be applied before
 //! its LeadEvent. The state is therefore built so that it does not depend on
 //! the interleaving of the three topics: counts are sums, first/last times
@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
-    InputEvent, InteractionEvent, InteractionKind, LeadEvent, LeadEventKind, LeadScore, Millis,
-    Segment, Stage, StageChangeEvent,
+    Channel, DeliveryEvent, DeliveryStatus, InputEvent, InteractionEvent, InteractionKind,
+    LeadEvent, LeadEventKind, LeadScore, Millis, OutboundMessage, Segment, Stage, StageChangeEvent,
 };
+use crate::nurture::{self, FireClock, NurtureConfig, NurtureState};
 use crate::scoring::features::extract;
 use crate::scoring::{ActiveModel, DecayedSum, RuleInputs, ScoringConfig};
 
@@ -111,6 +112,9 @@ pub struct LeadState {
     /// row a model trains on, with nothing known only after the outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_close: Option<Box<LeadState>>,
+    /// Where the lead stands in nurturing, and its next timer.
+    #[serde(default, skip_serializing_if = "NurtureState::is_default")]
+    pub nurture: NurtureState,
 }
 
 impl LeadState {
@@ -146,6 +150,7 @@ impl LeadState {
             recent_event_ids: VecDeque::new(),
             events_applied: 0,
             pre_close: None,
+            nurture: NurtureState::default(),
         }
     }
 
@@ -208,6 +213,9 @@ pub struct ApplyContext<'a> {
     pub now: Millis,
     /// The model that scores leads; rules only without one.
     pub model: Option<&'a ActiveModel>,
+    /// Nurturing rules; `None` applies events without nurturing (an import
+    /// of history must not enrol leads in the past).
+    pub nurture: Option<&'a NurtureConfig>,
 }
 
 /// What the core asks the edges to publish.
@@ -215,6 +223,17 @@ pub struct ApplyContext<'a> {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Output {
     Score(LeadScore),
+    Message(OutboundMessage),
+}
+
+impl Output {
+    /// The deterministic id the output is published with.
+    pub fn id(&self) -> &str {
+        match self {
+            Output::Score(s) => &s.score_id,
+            Output::Message(m) => &m.message_id,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -239,14 +258,23 @@ pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_
         InputEvent::Lead(e) => apply_lead(&mut state, e),
         InputEvent::Interaction(e) => apply_interaction(&mut state, e, ctx.scoring),
         InputEvent::StageChange(e) => apply_stage_change(&mut state, e),
+        InputEvent::Delivery(e) => apply_delivery(&mut state, e),
     }
     state.updated_at = state.updated_at.max(event.occurred_at());
     state.remember(event.event_id(), ctx.dedup_window);
     state.events_applied += 1;
 
-    let outputs = rescore(&mut state, event, ctx.scoring, ctx.model)
-        .into_iter()
-        .collect();
+    // A delivery report says what leadflow did, not what the lead did: it
+    // changes no feature, so it does not rescore.
+    let outputs = match event {
+        InputEvent::Delivery(_) => Vec::new(),
+        _ => rescore(&mut state, event, ctx.scoring, ctx.model)
+            .into_iter()
+            .collect(),
+    };
+    if let Some(config) = ctx.nurture {
+        nurture::on_event(&mut state, event, config);
+    }
     Applied {
         state,
         outputs,
@@ -369,6 +397,25 @@ fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, scoring: &Scor
     }
 }
 
+fn apply_delivery(state: &mut LeadState, e: &DeliveryEvent) {
+    if e.status == DeliveryStatus::Bounced && e.channel == Channel::Email {
+        state.email_bounced_at = Some(
+            state
+                .email_bounced_at
+                .map_or(e.occurred_at, |t| t.min(e.occurred_at)),
+        );
+    }
+}
+
+/// Fires the lead's nurturing timers that are due by `clock`: the messages
+/// to send (and any postponement or skip, in the state).
+pub fn fire_timers(state: &mut LeadState, config: &NurtureConfig, clock: FireClock) -> Vec<Output> {
+    nurture::fire_due(state, config, clock)
+        .into_iter()
+        .map(Output::Message)
+        .collect()
+}
+
 fn apply_stage_change(state: &mut LeadState, e: &StageChangeEvent) {
     if matches!(e.to_stage, Stage::ClosedWon | Stage::ClosedLost) {
         let mut before = state.clone();
@@ -376,6 +423,7 @@ fn apply_stage_change(state: &mut LeadState, e: &StageChangeEvent) {
         before.recent_event_ids.clear();
         before.stage_history.clear();
         before.score = None;
+        before.nurture = NurtureState::default();
         state.pre_close = Some(Box::new(before));
     }
     state.stage_history.push(StageTransition {
@@ -482,6 +530,7 @@ mod tests {
             dedup_window: 64,
             now: T0,
             model: None,
+            nurture: None,
         }
     }
 
@@ -673,6 +722,7 @@ mod tests {
             dedup_window: 3,
             now: T0,
             model: None,
+            nurture: None,
         };
         let mut state = None;
         for n in 0..10 {
@@ -720,14 +770,18 @@ mod tests {
         let scoring = ScoringConfig::default();
         let first = apply(None, &created("R-1", T0), &ctx(&scoring));
         // 10 base + 20 referral + 10 (30k band) + 0.4 × 15 = 46, no engagement yet.
-        let Output::Score(score) = &first.outputs[0];
+        let Output::Score(score) = &first.outputs[0] else {
+            panic!("a score")
+        };
         assert_eq!(score.initial_score, 46.0);
         assert_eq!(score.final_score, 46.0);
         assert_eq!(score.segment, Segment::Standard);
         assert_eq!(score.model_version, None);
         let meeting = interaction("R-1", 1, InteractionKind::Meeting, T0, "in_person");
         let second = apply(Some(first.state), &meeting, &ctx(&scoring));
-        let Output::Score(score) = &second.outputs[0];
+        let Output::Score(score) = &second.outputs[0] else {
+            panic!("a score")
+        };
         assert_eq!(score.final_score, 58.0);
         assert_eq!(score.segment, Segment::HighPriority);
         assert_eq!(score.score_id, output_id("R-1", "score", "R-1-i1"));
@@ -750,7 +804,9 @@ mod tests {
             l.initial_score = Some(88.0);
         }
         let applied = apply(None, &e, &ctx(&scoring));
-        let Output::Score(score) = &applied.outputs[0];
+        let Output::Score(score) = &applied.outputs[0] else {
+            panic!("a score")
+        };
         assert_eq!(score.initial_score, 88.0);
         assert_eq!(score.segment, Segment::Premium);
     }

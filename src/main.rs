@@ -62,6 +62,16 @@ enum Command {
     Model(ModelCommand),
     /// Import historical leads (with their outcome) from a CSV file.
     Import(ImportArgs),
+    /// A/B tests of nurturing sequences: per variant, leads enrolled, replies
+    /// and closed_won, with lift and a two-proportion test against the control.
+    Experiments(ExperimentsArgs),
+}
+
+#[derive(Args)]
+struct ExperimentsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -261,7 +271,82 @@ async fn dispatch(command: Command, config: Config) -> Result<()> {
         Command::Leads(command) => leads(config, command).await,
         Command::Model(command) => model(config, command).await,
         Command::Import(args) => import(config, args).await,
+        Command::Experiments(args) => experiments(config, args).await,
     }
+}
+
+/// Messages per sequence, template and variant, as a replay produced them.
+fn print_message_counts(outputs: &[leadflow::lead::Output]) {
+    let mut counts: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
+    for o in outputs {
+        if let leadflow::lead::Output::Message(m) = o {
+            let variant = m.variant.clone().unwrap_or_else(|| "-".into());
+            *counts
+                .entry((m.sequence.clone(), m.template.clone(), variant))
+                .or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return;
+    }
+    println!(
+        "{:<16} {:<30} {:<10} {:>9}",
+        "sequence", "template", "variant", "messages"
+    );
+    for ((sequence, template, variant), n) in counts {
+        println!("{sequence:<16} {template:<30} {variant:<10} {n:>9}");
+    }
+}
+
+async fn experiments(config: Config, args: ExperimentsArgs) -> Result<()> {
+    let store = open_store(&config).await?;
+    let counts = store.experiment_counts().await?;
+    let order = config.nurture.sequences.0.experiments();
+    let reports = leadflow::nurture::experiments::report(&counts, &order);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    if reports.is_empty() {
+        println!(
+            "no experiments: no sequence in {} has variants",
+            config.nurture.sequences.0.origin
+        );
+    }
+    let pct = |r: f64| format!("{:.2}%", 100.0 * r);
+    let lift = |l: Option<f64>| {
+        l.map(|l| format!("{:+.1}%", 100.0 * l))
+            .unwrap_or_else(|| "-".into())
+    };
+    let p = |p: Option<f64>| p.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
+    for report in reports {
+        println!("experiment {}", report.experiment);
+        println!(
+            "  {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            "variant", "enrolled", "replied", "rate", "lift", "p", "won", "rate", "lift", "p"
+        );
+        for v in report.variants {
+            let name = if v.control {
+                format!("{} (control)", v.variant)
+            } else {
+                v.variant
+            };
+            println!(
+                "  {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+                name,
+                v.enrolled,
+                v.replied,
+                pct(v.reply.rate),
+                lift(v.reply.lift),
+                p(v.reply.p_value),
+                v.converted,
+                pct(v.conversion.rate),
+                lift(v.conversion.lift),
+                p(v.conversion.p_value),
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn open_store(config: &Config) -> Result<Store> {
@@ -310,6 +395,7 @@ async fn run(config: Config, args: RunArgs) -> Result<()> {
             args.output_dir.display(),
             topics.join(", ")
         );
+        print_message_counts(&outputs);
         return Ok(());
     }
     let codec = Arc::new(codec(&config)?);

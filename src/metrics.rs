@@ -27,6 +27,7 @@ pub struct Metrics {
     pub model_swaps: IntCounter,
     pub feature_psi: GaugeVec,
     pub model_retrains: IntCounterVec,
+    pub timers_fired: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -115,6 +116,11 @@ impl Metrics {
                 &registry,
                 "leadflow_outputs_written_total",
                 "Output events written to the outbox",
+            ),
+            timers_fired: counter(
+                &registry,
+                "leadflow_nurture_timers_fired_total",
+                "Leads whose due nurturing timers a tick fired (a message, a postponement, a skip or a reactivation)",
             ),
             dead_letters: counter_vec(
                 &registry,

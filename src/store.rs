@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 };
 
 use crate::lead::LeadState;
+use crate::nurture::experiments::VariantCounts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +37,8 @@ pub enum StoreError {
         partition: i32,
         expected: Option<i64>,
     },
+    #[error("the nurturing timer of lead {lead} was fired by another instance; this instance no longer owns its partition")]
+    TimerTaken { lead: String },
 }
 
 impl StoreError {
@@ -108,11 +111,37 @@ pub struct OutboxEntry {
     pub source_partition: i32,
 }
 
+/// A lead's new state and where it belongs.
+#[derive(Debug, Clone, Copy)]
+pub struct LeadWrite<'a> {
+    pub state: &'a LeadState,
+    /// The input partition that owns the lead (its timers fire there).
+    pub partition: i32,
+    /// Set when a timer the store held fired: the write succeeds only if the
+    /// stored timer is still this one, so two instances never both fire it.
+    pub expect_timer: Option<i64>,
+    /// The lead's experiment memberships changed and must be rewritten.
+    pub experiments_changed: bool,
+}
+
+impl<'a> LeadWrite<'a> {
+    pub fn new(state: &'a LeadState, partition: i32) -> Self {
+        LeadWrite {
+            state,
+            partition,
+            expect_timer: None,
+            experiments_changed: !state.nurture.experiments.is_empty(),
+        }
+    }
+}
+
 /// What one processed batch changes, written in one transaction.
 #[derive(Debug, Default)]
 pub struct BatchWrite<'a> {
     pub consumer_group: &'a str,
-    pub leads: Vec<&'a LeadState>,
+    pub leads: Vec<LeadWrite<'a>>,
+    /// Offset moves; one with `from == to` only checks that this instance
+    /// still owns the partition (timer commits advance no offset).
     pub offsets: Vec<OffsetAdvance>,
     pub outbox: Vec<NewOutboxRow>,
 }
@@ -218,6 +247,27 @@ pub trait LeadStore: Send + Sync {
         partitions: &[i32],
         limit: i64,
     ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
+    /// Up to `limit` leads of `partitions` whose nurturing timer is due at
+    /// `until` or before, earliest first, with the partition of each.
+    fn due_timers(
+        &self,
+        partitions: &[i32],
+        until: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(i32, LeadState)>, StoreError>> + Send;
+
+    /// The latest event time applied to a lead of `partition`: the
+    /// partition's clock when the processor runs on event time.
+    fn partition_stream_time(
+        &self,
+        partition: i32,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Per experiment and variant: leads enrolled, replied and converted.
+    fn experiment_counts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<VariantCounts>, StoreError>> + Send;
 
     /// Removes published outputs.
     fn outbox_delete(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -349,13 +399,28 @@ fn placeholders(n: usize) -> String {
 }
 
 const UPSERT_LEAD: &str = "INSERT INTO leads
-    (lead_ext_id, state, email, source, owner, stage, stage_entered_at, segment, final_score, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    (lead_ext_id, state, email, source, owner, stage, stage_entered_at, segment, final_score,
+     created_at, updated_at, partition_id, next_timer_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
     ON CONFLICT (lead_ext_id) DO UPDATE SET
         state = excluded.state, email = excluded.email, source = excluded.source,
         owner = excluded.owner, stage = excluded.stage, stage_entered_at = excluded.stage_entered_at,
         segment = excluded.segment, final_score = excluded.final_score,
-        created_at = excluded.created_at, updated_at = excluded.updated_at";
+        created_at = excluded.created_at, updated_at = excluded.updated_at,
+        partition_id = excluded.partition_id, next_timer_at = excluded.next_timer_at";
+
+/// The write of a lead whose timer fired: only over the timer that was read.
+const UPDATE_FIRED_LEAD: &str = "UPDATE leads SET
+        state = $2, email = $3, source = $4, owner = $5, stage = $6, stage_entered_at = $7,
+        segment = $8, final_score = $9, created_at = $10, updated_at = $11,
+        partition_id = $12, next_timer_at = $13
+    WHERE lead_ext_id = $1 AND next_timer_at = $14";
+
+const DELETE_MEMBERSHIPS: &str = "DELETE FROM experiment_members WHERE lead_ext_id = $1";
+
+const INSERT_MEMBERSHIP: &str = "INSERT INTO experiment_members
+    (experiment, lead_ext_id, variant, enrolled_at, replied_at, converted_at)
+    VALUES ($1, $2, $3, $4, $5, $6)";
 
 const INSERT_OFFSET: &str =
     "INSERT INTO partition_offsets (consumer_group, topic, partition_id, next_offset)
@@ -414,21 +479,51 @@ macro_rules! impl_sql_store {
 
             async fn commit_batch(&self, batch: &BatchWrite<'_>) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await?;
-                for lead in &batch.leads {
-                    sqlx::query(UPSERT_LEAD)
-                        .bind(&lead.lead_ext_id)
-                        .bind(encode_state(lead))
-                        .bind(&lead.email)
-                        .bind(&lead.source)
-                        .bind(&lead.owner)
-                        .bind(lead.stage.as_str())
-                        .bind(lead.stage_entered_at)
-                        .bind(lead.score.as_ref().map(|s| s.segment.as_str()))
-                        .bind(lead.score.as_ref().map(|s| s.final_score))
-                        .bind(lead.created_at)
-                        .bind(lead.updated_at)
-                        .execute(&mut *tx)
-                        .await?;
+                for write in &batch.leads {
+                    let lead = write.state;
+                    let query = sqlx::query(match write.expect_timer {
+                        None => UPSERT_LEAD,
+                        Some(_) => UPDATE_FIRED_LEAD,
+                    })
+                    .bind(&lead.lead_ext_id)
+                    .bind(encode_state(lead))
+                    .bind(&lead.email)
+                    .bind(&lead.source)
+                    .bind(&lead.owner)
+                    .bind(lead.stage.as_str())
+                    .bind(lead.stage_entered_at)
+                    .bind(lead.score.as_ref().map(|s| s.segment.as_str()))
+                    .bind(lead.score.as_ref().map(|s| s.final_score))
+                    .bind(lead.created_at)
+                    .bind(lead.updated_at)
+                    .bind(write.partition)
+                    .bind(lead.nurture.timer);
+                    let written = match write.expect_timer {
+                        None => query.execute(&mut *tx).await?,
+                        Some(fired) => query.bind(fired).execute(&mut *tx).await?,
+                    };
+                    if written.rows_affected() != 1 {
+                        return Err(StoreError::TimerTaken {
+                            lead: lead.lead_ext_id.clone(),
+                        });
+                    }
+                    if write.experiments_changed {
+                        sqlx::query(DELETE_MEMBERSHIPS)
+                            .bind(&lead.lead_ext_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        for (experiment, m) in &lead.nurture.experiments {
+                            sqlx::query(INSERT_MEMBERSHIP)
+                                .bind(experiment)
+                                .bind(&lead.lead_ext_id)
+                                .bind(&m.variant)
+                                .bind(m.enrolled_at)
+                                .bind(m.replied_at)
+                                .bind(m.converted_at)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
                 }
                 for offset in &batch.offsets {
                     let query = sqlx::query(match offset.from {
@@ -525,6 +620,52 @@ macro_rules! impl_sql_store {
                     query = query.bind(*p);
                 }
                 Ok(query.bind(limit).fetch_all(&self.pool).await?)
+            }
+
+            async fn due_timers(
+                &self,
+                partitions: &[i32],
+                until: i64,
+                limit: i64,
+            ) -> Result<Vec<(i32, LeadState)>, StoreError> {
+                if partitions.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let n = partitions.len();
+                let sql = format!(
+                    "SELECT lead_ext_id, state, partition_id FROM leads
+                     WHERE partition_id IN ({}) AND next_timer_at IS NOT NULL AND next_timer_at <= ${}
+                     ORDER BY next_timer_at, lead_ext_id LIMIT ${}",
+                    placeholders(n),
+                    n + 1,
+                    n + 2
+                );
+                let mut query = sqlx::query_as::<_, (String, String, i32)>(&sql);
+                for p in partitions {
+                    query = query.bind(*p);
+                }
+                let rows = query.bind(until).bind(limit).fetch_all(&self.pool).await?;
+                rows.into_iter()
+                    .map(|(id, json, partition)| Ok((partition, decode_state(&id, &json)?)))
+                    .collect()
+            }
+
+            async fn partition_stream_time(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT MAX(updated_at) FROM leads WHERE partition_id = $1")
+                    .bind(partition)
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn experiment_counts(&self) -> Result<Vec<VariantCounts>, StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT experiment, variant, COUNT(*) AS enrolled,
+                        COUNT(replied_at) AS replied, COUNT(converted_at) AS converted
+                     FROM experiment_members GROUP BY experiment, variant
+                     ORDER BY experiment, variant",
+                )
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
@@ -748,6 +889,23 @@ impl LeadStore for Store {
 
     async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
         delegate!(self, s => s.outbox_delete(seqs))
+    }
+
+    async fn due_timers(
+        &self,
+        partitions: &[i32],
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<(i32, LeadState)>, StoreError> {
+        delegate!(self, s => s.due_timers(partitions, until, limit))
+    }
+
+    async fn partition_stream_time(&self, partition: i32) -> Result<Option<i64>, StoreError> {
+        delegate!(self, s => s.partition_stream_time(partition))
+    }
+
+    async fn experiment_counts(&self) -> Result<Vec<VariantCounts>, StoreError> {
+        delegate!(self, s => s.experiment_counts())
     }
 
     async fn outbox_depth(&self) -> Result<i64, StoreError> {

@@ -187,6 +187,32 @@ fn the_binary_refuses_a_bad_config_file_at_start_up() {
 }
 
 #[test]
+fn the_binary_refuses_a_bad_sequences_file_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sequences.toml"),
+        "[[sequence]]\nname = \"premium\"\nsegment = \"premium\"\nsteps = [\n  { day = 1, channel = \"email\", template = \"a\" },\n  { day = 1, channel = \"pigeon\", template = \"b\" },\n]\n",
+    )
+    .unwrap();
+    let path = dir.path().join("leadflow.toml");
+    // Relative to the config file's directory.
+    std::fs::write(&path, "[nurture]\nsequences_file = \"sequences.toml\"\n").unwrap();
+    let (ok, text) = leadflow(&["--config", path.to_str().unwrap(), "migrate"], &[]);
+    assert!(!ok);
+    assert!(
+        text.contains("sequences.toml:6: sequence `premium`: unknown channel `pigeon`"),
+        "{text}"
+    );
+    std::fs::write(&path, "[nurture]\nsequences_file = \"missing.toml\"\n").unwrap();
+    let (ok, text) = leadflow(&["--config", path.to_str().unwrap(), "migrate"], &[]);
+    assert!(!ok);
+    assert!(
+        text.contains("missing.toml") && text.contains("cannot read"),
+        "{text}"
+    );
+}
+
+#[test]
 fn simulate_with_nonsense_arguments_says_what_is_wrong() {
     let cases: [(&[&str], &str); 5] = [
         (&["simulate", "--leads", "many"], "--leads"),
@@ -252,6 +278,7 @@ fn every_subcommand_has_help() {
         &["migrate", "--help"],
         &["leads", "--help"],
         &["leads", "list", "--help"],
+        &["experiments", "--help"],
     ] {
         let (ok, text) = leadflow(args, &[]);
         assert!(ok, "{args:?}: {text}");
@@ -310,6 +337,48 @@ fn run_from_file_replays_a_stream_and_writes_outputs() {
         std::fs::read_to_string(out.join("lead-scores.jsonl")).unwrap(),
         scores
     );
+    // Nurturing ran on event time: the same messages, byte for byte.
+    let messages = std::fs::read_to_string(out.join("outbound-messages.jsonl")).unwrap();
+    assert!(messages.lines().count() >= 5, "{messages}");
+    assert!(messages.lines().all(|l| l.contains("\"type\":\"message\"")));
+    assert!(
+        text.contains("premium_welcome") || text.contains("standard_welcome"),
+        "{text}"
+    );
+    let (ok, again) = replay(&format!(
+        "sqlite://{}",
+        dir.path().join("third.db").display()
+    ));
+    assert!(ok, "{again}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("outbound-messages.jsonl")).unwrap(),
+        messages
+    );
+    // The A/B test of the standard sequence, counted from the stored leads.
+    let (ok, json) = leadflow(&["experiments", "--json"], &[("DATABASE_URL", &db)]);
+    assert!(ok, "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let experiment = &report[0];
+    assert_eq!(experiment["experiment"], "standard_second_email");
+    let variants = experiment["variants"].as_array().unwrap();
+    assert_eq!(variants[0]["variant"], "overview");
+    assert_eq!(variants[0]["control"], true);
+    let in_messages: std::collections::BTreeSet<String> = messages
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|m| m["sequence"] == "standard")
+        .map(|m| m["lead_ext_id"].as_str().unwrap().to_string())
+        .collect();
+    let enrolled: i64 = variants
+        .iter()
+        .map(|v| v["enrolled"].as_i64().unwrap())
+        .sum();
+    assert!(
+        enrolled as usize >= in_messages.len() && enrolled > 0,
+        "{json}"
+    );
+    let (ok, table) = leadflow(&["experiments"], &[("DATABASE_URL", &db)]);
+    assert!(ok && table.contains("overview (control)"), "{table}");
     // A stream file with a bad line is refused with its line number.
     std::fs::write(&stream, "{\"type\":\"lead\"}\n").unwrap();
     let (ok, text) = replay(&db);

@@ -14,14 +14,15 @@ use leadflow::config::Config;
 use leadflow::events::{InputEvent, InteractionKind, Millis, Stage};
 use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
-use leadflow::pipeline::{dlq_headers, Pipeline, PipelineError, RunOptions, RunSummary};
+use leadflow::pipeline::{Pipeline, PipelineError, RunOptions, RunSummary};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
-use rdkafka::producer::FutureRecord;
 
 use common::{
-    all_states, assert_same_states, clean_run, published_score_ids, read_topic, test_config,
+    all_states, assert_same_states, clean_run, produce, published_output_ids, read_dead_letters,
+    test_config,
 };
+use rdkafka::producer::FutureRecord;
 
 /// What the events of one lead say, derived straight from the stream.
 #[derive(Default)]
@@ -89,22 +90,10 @@ fn expectations(events: &[InputEvent]) -> HashMap<String, Expected> {
                     contact(x, s.occurred_at);
                 }
             }
+            InputEvent::Delivery(_) => {}
         }
     }
     out
-}
-
-async fn produce(config: &Config, topic: &str, key: Option<&str>, payload: &[u8]) {
-    let producer = kafka::producer(&config.kafka).unwrap();
-    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(payload);
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
 }
 
 async fn produce_poison(config: &Config) {
@@ -117,29 +106,6 @@ async fn produce_poison(config: &Config) {
     .await;
     let missing_key = br#"{"event_id":"x","lead_ext_id":"WEB-BAD2","occurred_at":1,"kind":"call"}"#;
     produce(config, &config.topics.interactions, None, missing_key).await;
-}
-
-/// (source topic, error kind, error message) of every dead letter, sorted.
-fn read_dead_letters(config: &Config) -> Vec<(String, String, String)> {
-    let mut out: Vec<_> = read_topic(config, &config.topics.dlq)
-        .into_iter()
-        .map(|m| {
-            let h = |k: &str| {
-                m.headers
-                    .iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap()
-            };
-            (
-                h(dlq_headers::SOURCE_TOPIC),
-                h(dlq_headers::ERROR_KIND),
-                h(dlq_headers::ERROR_MESSAGE),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 async fn run_pipeline<S: LeadStore + 'static>(
@@ -246,7 +212,7 @@ async fn simulated_stream_lands_in_the_store<S: LeadStore + 'static>(store: Arc<
 
     // Every output was published once, through the outbox, which is now empty.
     assert_eq!(store.outbox_depth().await.unwrap(), 0);
-    let published = published_score_ids(&config).await;
+    let published = published_output_ids(&config).await;
     let distinct: BTreeSet<String> = published.iter().cloned().collect();
     assert_eq!(
         published.len() as u64,

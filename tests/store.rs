@@ -8,7 +8,7 @@ use std::sync::Arc;
 use leadflow::events::{InteractionKind, Segment, Stage};
 use leadflow::lead::{ChannelConsent, InteractionStats, LeadState, ScoreSnapshot, StageTransition};
 use leadflow::store::{
-    BatchWrite, LeadStore, NewOutboxRow, OffsetAdvance, PartitionOffset, StoreError,
+    BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, PartitionOffset, StoreError,
 };
 
 fn full_state(id: &str) -> LeadState {
@@ -92,7 +92,7 @@ async fn state_round_trips_field_by_field<S: LeadStore>(store: Arc<S>, _url: &st
     store
         .commit_batch(&BatchWrite {
             consumer_group: "g",
-            leads: vec![&lead],
+            leads: vec![LeadWrite::new(&lead, 0)],
             ..Default::default()
         })
         .await
@@ -116,7 +116,7 @@ async fn commit_overwrites_and_fences_offsets<S: LeadStore>(store: Arc<S>, _url:
     store
         .commit_batch(&BatchWrite {
             consumer_group: "g",
-            leads: vec![&lead],
+            leads: vec![LeadWrite::new(&lead, 0)],
             offsets: vec![advance(0, None, 10), advance(1, None, 7)],
             ..Default::default()
         })
@@ -127,7 +127,7 @@ async fn commit_overwrites_and_fences_offsets<S: LeadStore>(store: Arc<S>, _url:
     store
         .commit_batch(&BatchWrite {
             consumer_group: "g",
-            leads: vec![&lead],
+            leads: vec![LeadWrite::new(&lead, 0)],
             offsets: vec![advance(0, Some(10), 25)],
             ..Default::default()
         })
@@ -163,7 +163,7 @@ async fn commit_overwrites_and_fences_offsets<S: LeadStore>(store: Arc<S>, _url:
     let err = store
         .commit_batch(&BatchWrite {
             consumer_group: "g",
-            leads: vec![&stale],
+            leads: vec![LeadWrite::new(&stale, 0)],
             offsets: vec![advance(1, Some(7), 9), advance(0, Some(10), 30)],
             outbox: vec![outbox_row("o-stale", 0)],
         })
@@ -281,7 +281,7 @@ async fn loads_only_existing_leads_in_large_batches<S: LeadStore>(store: Arc<S>,
     store
         .commit_batch(&BatchWrite {
             consumer_group: "g",
-            leads: leads.iter().collect(),
+            leads: leads.iter().map(|l| LeadWrite::new(l, 0)).collect(),
             ..Default::default()
         })
         .await
@@ -311,7 +311,171 @@ async fn migrations_are_idempotent<S: LeadStore>(store: Arc<S>, _url: &str) {
     assert_eq!(store.lead_count().await.unwrap(), 0);
 }
 
+/// The timer index: due timers of the asked partitions only, earliest
+/// first; a fired timer's write only over the timer that was read; an
+/// offset "advance" to the same offset only checks ownership.
+async fn timers_are_found_by_partition_and_fired_once<S: LeadStore>(store: Arc<S>, _url: &str) {
+    let mut leads = Vec::new();
+    for (i, (partition, timer)) in [
+        (0, Some(300)),
+        (0, Some(100)),
+        (1, Some(50)),
+        (0, None),
+        (0, Some(900)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut lead = full_state(&format!("T-{i}"));
+        lead.nurture.timer = timer;
+        leads.push((partition, lead));
+    }
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: leads.iter().map(|(p, l)| LeadWrite::new(l, *p)).collect(),
+            offsets: vec![advance(0, None, 5)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let due = |partitions: Vec<i32>, until: i64, limit: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .due_timers(&partitions, until, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(p, l)| (p, l.lead_ext_id))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        due(vec![0], 500, 10).await,
+        [(0, "T-1".to_string()), (0, "T-0".to_string())]
+    );
+    assert_eq!(
+        due(vec![0, 1], 500, 2).await,
+        [(1, "T-2".to_string()), (0, "T-1".to_string())]
+    );
+    assert!(due(vec![2], i64::MAX, 10).await.is_empty());
+    assert_eq!(
+        store.partition_stream_time(0).await.unwrap(),
+        Some(1_700_000_500_000)
+    );
+    assert_eq!(store.partition_stream_time(7).await.unwrap(), None);
+
+    // Fire T-1 (timer 100 → 700), checking that partition 0 is still ours.
+    let mut fired = leads[1].1.clone();
+    fired.nurture.timer = Some(700);
+    let write = LeadWrite {
+        expect_timer: Some(100),
+        ..LeadWrite::new(&fired, 0)
+    };
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![write],
+            offsets: vec![advance(0, Some(5), 5)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(due(vec![0], 500, 10).await, [(0, "T-0".to_string())]);
+    // A second instance that read the same timer cannot fire it again.
+    let err = store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![write],
+            outbox: vec![outbox_row("twice", 0)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::TimerTaken { ref lead } if lead == "T-1"),
+        "{err}"
+    );
+    assert_eq!(store.outbox_depth().await.unwrap(), 0, "rolled back");
+    // Nor can an instance whose view of the partition's offset is stale.
+    let err = store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![LeadWrite::new(&fired, 0)],
+            offsets: vec![advance(0, Some(4), 4)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+}
+
+async fn experiment_members_are_counted_per_variant<S: LeadStore>(store: Arc<S>, _url: &str) {
+    use leadflow::nurture::Membership;
+    let member = |variant: &str, replied: bool, won: bool| Membership {
+        variant: variant.into(),
+        enrolled_at: 10,
+        replied_at: replied.then_some(20),
+        converted_at: won.then_some(30),
+    };
+    let plan = [
+        ("A-1", "control", false, false),
+        ("A-2", "control", true, false),
+        ("A-3", "control", true, true),
+        ("A-4", "story", true, true),
+    ];
+    let mut leads = Vec::new();
+    for (id, variant, replied, won) in plan {
+        let mut lead = full_state(id);
+        lead.nurture
+            .experiments
+            .insert("exp".into(), member(variant, replied, won));
+        lead.nurture
+            .experiments
+            .insert("other".into(), member("x", false, false));
+        leads.push(lead);
+    }
+    let commit = |leads: Vec<LeadState>| {
+        let store = store.clone();
+        async move {
+            store
+                .commit_batch(&BatchWrite {
+                    consumer_group: "g",
+                    leads: leads.iter().map(|l| LeadWrite::new(l, 0)).collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    commit(leads.clone()).await;
+    // Rewriting a lead replaces its rows: A-1 replies later.
+    leads[0]
+        .nurture
+        .experiments
+        .insert("exp".into(), member("control", true, false));
+    commit(vec![leads[0].clone()]).await;
+    let counts: Vec<(String, String, i64, i64, i64)> = store
+        .experiment_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.experiment, c.variant, c.enrolled, c.replied, c.converted))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("exp".into(), "control".into(), 3, 3, 1),
+            ("exp".into(), "story".into(), 1, 1, 1),
+            ("other".into(), "x".into(), 4, 0, 0),
+        ]
+    );
+}
+
 backend_tests!(
+    timers_are_found_by_partition_and_fired_once,
+    experiment_members_are_counted_per_variant,
     state_round_trips_field_by_field,
     commit_overwrites_and_fences_offsets,
     outbox_keeps_order_per_partition_and_ignores_repeats,

@@ -1,14 +1,15 @@
-//! One deterministic order for the three co-partitioned input streams.
+//! One deterministic order for the co-partitioned input streams.
 //!
 //! Kafka orders records only within a topic-partition. Partition p of
-//! `leads`, `lead-interactions` and `lead-stage-changes` holds the same leads,
-//! and the order in which their records are applied decides which scores are
-//! published. As Kafka Streams does for co-partitioned inputs, each partition
-//! group buffers the three streams and always applies the head with the
-//! earliest event time (ties: lead events, then stage changes, then
-//! interactions), never reordering within one stream. While a stream's queue
-//! is empty, the group waits unless the caller says nothing more is coming
-//! for that stream yet (caught up with the broker, or waited long enough).
+//! `leads`, `lead-interactions`, `lead-stage-changes` and `message-deliveries`
+//! holds the same leads, and the order in which their records are applied
+//! decides which scores and messages are published. As Kafka Streams does for
+//! co-partitioned inputs, each partition group buffers the streams and always
+//! applies the head with the earliest event time (ties: lead events, then
+//! stage changes, then interactions, then delivery reports), never reordering
+//! within one stream. While a stream's queue is empty, the group waits unless
+//! the caller says nothing more is coming for that stream yet (caught up with
+//! the broker, or waited long enough).
 //!
 //! A replay runs the same merge over a file with every stream complete, so it
 //! applies each lead's events in the same order as a live run that was not
@@ -32,6 +33,7 @@ fn rank(stream: InputStream) -> usize {
         InputStream::Leads => 0,
         InputStream::StageChanges => 1,
         InputStream::Interactions => 2,
+        InputStream::Deliveries => 3,
     }
 }
 
@@ -40,18 +42,24 @@ fn slot(stream: InputStream) -> usize {
         InputStream::Leads => 0,
         InputStream::Interactions => 1,
         InputStream::StageChanges => 2,
+        InputStream::Deliveries => 3,
     }
 }
 
 #[derive(Debug)]
 pub struct MergeBuffer<T> {
-    queues: [VecDeque<Pending<T>>; 3],
+    queues: [VecDeque<Pending<T>>; 4],
 }
 
 impl<T> Default for MergeBuffer<T> {
     fn default() -> Self {
         MergeBuffer {
-            queues: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+            queues: [
+                VecDeque::new(),
+                VecDeque::new(),
+                VecDeque::new(),
+                VecDeque::new(),
+            ],
         }
     }
 }

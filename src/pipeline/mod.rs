@@ -6,7 +6,7 @@
 //!   those offsets (as rust-arroyo does); a partition the database has never
 //!   seen starts from the beginning. Kafka's committed offsets are written
 //!   too, after each batch, but only for lag monitoring.
-//! - **Order.** Each partition group (partition p of the three co-partitioned
+//! - **Order.** Each partition group (partition p of the co-partitioned
 //!   input topics) is merged by event time ([`merge`]), so a lead's events
 //!   are applied in one deterministic order.
 //! - **Batches.** The merged events are applied by the pure core; the touched
@@ -15,6 +15,9 @@
 //!   instance that lost a partition without noticing is fenced off and stops.
 //! - **Outputs.** The [`outbox`] relay publishes committed outputs with an
 //!   idempotent producer and deletes them after the broker's ack.
+//! - **Timers.** Between batches the loop fires the nurturing timers due by
+//!   its clock in its partitions ([`timers`]), in transactions fenced like
+//!   batches.
 //! - **Bad input.** A message that cannot be decoded goes to the dead-letter
 //!   topic with its reason, and its offset is committed with the batch. If
 //!   most of a window of messages is bad, the processor stops: that is a bad
@@ -25,6 +28,7 @@ pub mod merge;
 pub mod models;
 pub mod outbox;
 pub mod replay;
+pub mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ffi::CString;
@@ -45,17 +49,19 @@ use tokio::time::sleep;
 use tracing::{error, info, warn};
 
 use crate::codec::{Codec, CodecError};
-use crate::config::Config;
+use crate::config::{ClockMode, Config};
 use crate::events::{InputEvent, InputStream, Millis};
 use crate::kafka::{client_config, SharedProducer};
-use crate::lead::{apply, ApplyContext, LeadState, Output};
+use crate::lead::{apply, fire_timers, ApplyContext, LeadState, Output};
 use crate::metrics::Metrics;
+use crate::nurture::FireClock;
 use crate::scoring::ActiveModel;
-use crate::store::{BatchWrite, LeadStore, NewOutboxRow, OffsetAdvance, StoreError};
+use crate::store::{BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, StoreError};
 
 use merge::{MergeBuffer, Pending};
 use models::{ModelSlot, ModelWatcher};
 use outbox::OutboxRelay;
+use timers::{fire_round, Clock, FiredLead, WallClock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -130,65 +136,155 @@ pub struct RunOptions {
     pub exit_when_idle: Option<Duration>,
 }
 
+/// A lead a batch changed.
+pub struct TouchedLead {
+    pub partition: i32,
+    pub state: LeadState,
+    /// The timer the store held when a timer of this lead fired in the batch.
+    pub stored_timer: Option<Millis>,
+    pub experiments_changed: bool,
+}
+
+impl TouchedLead {
+    pub fn write(&self) -> LeadWrite<'_> {
+        LeadWrite {
+            state: &self.state,
+            partition: self.partition,
+            expect_timer: self.stored_timer,
+            experiments_changed: self.experiments_changed,
+        }
+    }
+}
+
+impl From<FiredLead> for TouchedLead {
+    fn from(f: FiredLead) -> Self {
+        TouchedLead {
+            partition: f.partition,
+            experiments_changed: f.experiments_changed,
+            stored_timer: f.stored_timer,
+            state: f.state,
+        }
+    }
+}
+
 /// What applying a batch produced: the new states of the leads it changed
 /// and the outputs, each with the partition of the event that caused it.
 pub struct AppliedBatch {
-    pub leads: Vec<LeadState>,
+    pub leads: Vec<TouchedLead>,
     pub outputs: Vec<(i32, Output)>,
 }
 
-/// Applies a batch of events to their leads, in order, loading each lead
-/// once. `clock` gives the processor's time for each event: wall time live,
-/// event time in a replay.
+/// The clock a batch is applied with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchClock {
+    /// A live processor at `now` (wall time): a lead's timers due by the
+    /// event's time fire before its event; the others fire in ticks.
+    Live(Millis),
+    /// Event time (a replay, or `processor.clock = "event_time"`): a lead's
+    /// timers due by its event's time fire, each at its due time, before the event.
+    EventTime,
+    /// An import of history: event time, and no nurturing.
+    Import,
+}
+
+/// Applies a batch of events to their leads, in order, loading each lead once.
 pub async fn apply_batch<S: LeadStore>(
     store: &S,
     events: &[(i32, InputEvent)],
     config: &Config,
     model: Option<&ActiveModel>,
-    clock: impl Fn(&InputEvent) -> Millis,
+    clock: BatchClock,
     summary: &mut RunSummary,
 ) -> Result<AppliedBatch, StoreError> {
     let mut ids: Vec<&str> = events.iter().map(|(_, e)| e.lead_ext_id()).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut states: HashMap<String, LeadState> = store.load_leads(&ids).await?;
-    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let stored: HashMap<String, (Option<Millis>, ExperimentsDigest)> = states
+        .iter()
+        .map(|(id, s)| (id.clone(), (s.nurture.timer, experiments_digest(s))))
+        .collect();
+    let nurture =
+        (clock != BatchClock::Import && config.nurture.enabled).then_some(&config.nurture);
+    let mut touched: BTreeMap<String, (i32, bool)> = BTreeMap::new();
     let mut outputs = Vec::new();
     for (partition, event) in events {
         let id = event.lead_ext_id();
+        let at = event.occurred_at();
+        let (now, fire) = match clock {
+            BatchClock::Live(now) => (now, FireClock::Live { now, until: at }),
+            _ => (at, FireClock::Sweep(at)),
+        };
+        let mut state = states.remove(id);
+        let mut fired = false;
+        if let (Some(config), Some(state)) = (nurture, state.as_mut()) {
+            if state.nurture.timer.is_some_and(|t| t <= fire.bound()) {
+                let messages = fire_timers(state, config, fire);
+                summary.outputs += messages.len() as u64;
+                outputs.extend(messages.into_iter().map(|o| (*partition, o)));
+                fired = true;
+            }
+        }
         let ctx = ApplyContext {
             scoring: &config.scoring,
             dedup_window: config.processor.dedup_window,
-            now: clock(event),
+            now,
             model,
+            nurture,
         };
-        let applied = apply(states.remove(id), event, &ctx);
+        let applied = apply(state, event, &ctx);
         if applied.duplicate {
             summary.duplicates += 1;
         } else {
             summary.applied += 1;
-            touched.insert(id.to_string());
+        }
+        if fired || !applied.duplicate {
+            let entry = touched.entry(id.to_string()).or_insert((*partition, false));
+            entry.1 |= fired;
         }
         summary.outputs += applied.outputs.len() as u64;
         outputs.extend(applied.outputs.into_iter().map(|o| (*partition, o)));
         states.insert(id.to_string(), applied.state);
     }
-    Ok(AppliedBatch {
-        leads: touched
-            .into_iter()
-            .filter_map(|id| states.remove(&id))
-            .collect(),
-        outputs,
-    })
+    let leads = touched
+        .into_iter()
+        .filter_map(|(id, (partition, fired))| {
+            let state = states.remove(&id)?;
+            let (timer, digest) = stored.get(&id).copied().unwrap_or_default();
+            Some(TouchedLead {
+                partition,
+                // Only a timer the store already held can be raced for.
+                stored_timer: if fired { timer } else { None },
+                experiments_changed: experiments_digest(&state) != digest,
+                state,
+            })
+        })
+        .collect();
+    Ok(AppliedBatch { leads, outputs })
+}
+
+type ExperimentsDigest = (usize, usize, usize);
+
+/// What can change in a lead's experiment memberships: a membership is
+/// never removed and its reply and conversion are set once, so equal counts
+/// mean nothing changed.
+fn experiments_digest(state: &LeadState) -> ExperimentsDigest {
+    let members = state.nurture.experiments.values();
+    (
+        state.nurture.experiments.len(),
+        members.clone().filter(|m| m.replied_at.is_some()).count(),
+        members.filter(|m| m.converted_at.is_some()).count(),
+    )
 }
 
 /// The outbox row for an output: its topic, key and JSON payload.
 pub fn outbox_row(config: &Config, partition: i32, output: &Output, now: Millis) -> NewOutboxRow {
-    let (output_id, topic, key) = match output {
-        Output::Score(s) => (&s.score_id, &config.topics.scores, &s.lead_ext_id),
+    let (topic, key) = match output {
+        Output::Score(s) => (&config.topics.scores, &s.lead_ext_id),
+        Output::Message(m) => (&config.topics.outbound, &m.lead_ext_id),
     };
     NewOutboxRow {
-        output_id: output_id.clone(),
+        output_id: output.id().to_string(),
         topic: topic.clone(),
         key: key.clone(),
         payload: serde_json::to_string(output).expect("outputs are plain data"),
@@ -399,6 +495,8 @@ struct LoopState {
     buffers: BTreeMap<i32, MergeBuffer<Decoded>>,
     /// Since when each partition group has been waiting on an empty stream.
     waiting_since: HashMap<i32, Instant>,
+    /// Latest event time applied per partition (the clock on event time).
+    stream_time: BTreeMap<i32, Millis>,
 }
 
 impl LoopState {
@@ -416,6 +514,7 @@ pub struct Pipeline<S: LeadStore + 'static> {
     producer: Arc<SharedProducer>,
     assignment: Arc<Assignment>,
     models: Arc<ModelSlot>,
+    clock: Arc<dyn Clock>,
 }
 
 impl<S: LeadStore + 'static> Pipeline<S> {
@@ -465,7 +564,14 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             producer,
             assignment,
             models: Arc::new(ModelSlot::default()),
+            clock: Arc::new(WallClock),
         })
+    }
+
+    /// Replaces the wall clock (tests drive nurturing timers with their own).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Runs until `shutdown` resolves (or the idle limit passes): finishes the
@@ -534,6 +640,8 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         );
         let mut last_activity = Instant::now();
         let mut last_report = Instant::now();
+        let tick_interval = Duration::from_millis(self.config.nurture.tick_interval_ms);
+        let mut last_tick = Instant::now();
         loop {
             let received = tokio::select! {
                 biased;
@@ -573,6 +681,17 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                     break;
                 }
             }
+            if self.config.nurture.enabled
+                && !state.positions.is_empty()
+                && last_tick.elapsed() >= tick_interval
+            {
+                let fired = self.fire_timers(&mut state, &mut summary).await?;
+                if fired > 0 {
+                    wake.notify_one();
+                    last_activity = Instant::now();
+                }
+                last_tick = Instant::now();
+            }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 self.update_lag(&state);
                 info!(?summary, buffered = state.buffered(), "progress");
@@ -607,6 +726,9 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         let p = &self.config.processor;
         let first_wait = if state.buffered() > 0 {
             Duration::from_millis(p.batch_linger_ms.max(10))
+        } else if self.config.nurture.enabled {
+            // An idle processor still has timers to fire.
+            Duration::from_millis(self.config.nurture.tick_interval_ms).min(Duration::from_secs(1))
         } else {
             Duration::from_secs(1)
         };
@@ -803,7 +925,11 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 to: *to,
             })
             .collect();
-        let now = wall_clock_millis();
+        let now = self.clock.now();
+        let batch_clock = match self.config.processor.clock {
+            ClockMode::Wall => BatchClock::Live(now),
+            ClockMode::EventTime => BatchClock::EventTime,
+        };
         let model = self.models.current();
         let before = summary.clone();
         // A commit whose acknowledgement was lost (the connection dropped
@@ -820,7 +946,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 &events,
                 &self.config,
                 model.as_deref(),
-                |_| now,
+                batch_clock,
                 &mut attempt,
             )
             .await?;
@@ -834,7 +960,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 .store
                 .commit_batch(&BatchWrite {
                     consumer_group: &self.config.kafka.group_id,
-                    leads: applied.leads.iter().collect(),
+                    leads: applied.leads.iter().map(TouchedLead::write).collect(),
                     offsets: offsets.clone(),
                     outbox,
                 })
@@ -878,6 +1004,13 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         self.metrics.batch_events.observe(events.len() as f64);
         *summary = after;
         summary.batches += 1;
+        for (partition, event) in &events {
+            let t = state
+                .stream_time
+                .entry(*partition)
+                .or_insert(event.occurred_at());
+            *t = (*t).max(event.occurred_at());
+        }
 
         let mut tpl = TopicPartitionList::new();
         for advance in &offsets {
@@ -896,6 +1029,114 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             warn!(error = %e, "kafka offset commit failed (lag monitoring only)");
         }
         Ok(())
+    }
+
+    /// Fires the nurturing timers due by the clock in the owned partitions,
+    /// a few rounds of `nurture.timers_per_tick` leads (the rest wait for the
+    /// next tick, so input events are not held up). Each round is one
+    /// transaction, fenced like a batch. Returns the leads fired.
+    async fn fire_timers(
+        &self,
+        state: &mut LoopState,
+        summary: &mut RunSummary,
+    ) -> Result<usize, PipelineError> {
+        let owned: BTreeSet<i32> = state.positions.keys().map(|(_, p)| *p).collect();
+        let jobs: Vec<(Vec<i32>, FireClock)> = match self.config.processor.clock {
+            ClockMode::Wall => vec![(
+                owned.into_iter().collect(),
+                FireClock::live(self.clock.now()),
+            )],
+            ClockMode::EventTime => {
+                let mut jobs = Vec::new();
+                for partition in owned {
+                    let known = state.stream_time.get(&partition).copied();
+                    let clock = match known {
+                        Some(t) => Some(t),
+                        // After an assignment: where this partition's clock stood.
+                        None => with_store_retry("read stream time", &self.metrics, || {
+                            self.store.partition_stream_time(partition)
+                        })
+                        .await?
+                        .inspect(|t| {
+                            state.stream_time.insert(partition, *t);
+                        }),
+                    };
+                    if let Some(t) = clock {
+                        jobs.push((vec![partition], FireClock::Sweep(t)));
+                    }
+                }
+                jobs
+            }
+        };
+        let mut total = 0;
+        for (partitions, clock) in jobs {
+            total += self
+                .fire_timer_rounds(state, &partitions, clock, summary)
+                .await?;
+        }
+        Ok(total)
+    }
+
+    async fn fire_timer_rounds(
+        &self,
+        state: &LoopState,
+        partitions: &[i32],
+        clock: FireClock,
+        summary: &mut RunSummary,
+    ) -> Result<usize, PipelineError> {
+        const ROUNDS_PER_TICK: usize = 4;
+        let limit = self.config.nurture.timers_per_tick;
+        let mut total = 0;
+        for _ in 0..ROUNDS_PER_TICK {
+            let now = self.clock.now();
+            let (leads, outputs) = with_store_retry("fire timers", &self.metrics, || async {
+                let (leads, outputs) =
+                    fire_round(self.store.as_ref(), &self.config, partitions, clock, limit).await?;
+                if leads.is_empty() {
+                    return Ok((0, 0));
+                }
+                let fired: BTreeSet<i32> = leads.iter().map(|l| l.partition).collect();
+                // Advancing nothing, these only check that the partitions are
+                // still this instance's: a zombie must not fire timers.
+                let fences: Vec<OffsetAdvance> = state
+                    .positions
+                    .iter()
+                    .filter(|((_, p), _)| fired.contains(p))
+                    .filter_map(|((topic, partition), next)| {
+                        next.map(|n| OffsetAdvance {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            from: Some(n),
+                            to: n,
+                        })
+                    })
+                    .collect();
+                let touched: Vec<TouchedLead> = leads.into_iter().map(TouchedLead::from).collect();
+                let outbox: Vec<NewOutboxRow> = outputs
+                    .iter()
+                    .map(|(p, o)| outbox_row(&self.config, *p, o, now))
+                    .collect();
+                self.store
+                    .commit_batch(&BatchWrite {
+                        consumer_group: &self.config.kafka.group_id,
+                        leads: touched.iter().map(TouchedLead::write).collect(),
+                        offsets: fences,
+                        outbox,
+                    })
+                    .await?;
+                Ok((touched.len(), outputs.len()))
+            })
+            .await?;
+            total += leads;
+            summary.outputs += outputs as u64;
+            self.metrics.timers_fired.inc_by(leads as u64);
+            self.metrics.outputs_written.inc_by(outputs as u64);
+            self.metrics.outbox_depth.add(outputs as i64);
+            if leads < limit {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     /// Whether the store's offsets are exactly the ones `advances` lead to.

@@ -109,6 +109,7 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
                 .map_err(|e| PublishError::Payload(row.output_id.clone(), e.to_string()))?;
             let payload = match &output {
                 Output::Score(score) => self.codec.encode(&row.topic, score).await?,
+                Output::Message(message) => self.codec.encode(&row.topic, message).await?,
             };
             let producer = self.producer.get();
             acks.push_back(async move {

@@ -17,7 +17,9 @@ use crate::scoring::ActiveModel;
 use crate::store::{BatchWrite, LeadStore, StoreError};
 
 use super::merge::{MergeBuffer, Pending};
-use super::{apply_batch, outbox_row, RunSummary};
+use super::timers::fire_round;
+use super::{apply_batch, outbox_row, BatchClock, RunSummary, TouchedLead};
+use crate::nurture::FireClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -65,36 +67,100 @@ pub async fn replay<S: LeadStore>(
     events: Vec<InputEvent>,
 ) -> Result<(RunSummary, Vec<Output>), ReplayError> {
     let ordered = live_order(config, events);
+    // Each partition's clock ends at its latest event, as a live processor
+    // on event time leaves it.
+    let mut stream_time: BTreeMap<i32, crate::events::Millis> = BTreeMap::new();
+    for (partition, event) in &ordered {
+        let t = stream_time.entry(*partition).or_insert(event.occurred_at());
+        *t = (*t).max(event.occurred_at());
+    }
     // A replay scores with the model active when it starts, throughout.
     let model = crate::scoring::registry::load_active(store).await?;
-    Ok(apply_in_batches(store, config, model.as_ref(), &ordered).await?)
+    let (mut summary, mut outputs) = apply_in_batches(
+        store,
+        config,
+        model.as_ref(),
+        &ordered,
+        BatchClock::EventTime,
+    )
+    .await?;
+    for (partition, until) in stream_time {
+        let (fired, messages) = sweep_timers(store, config, partition, until).await?;
+        summary.batches += fired;
+        summary.outputs += messages.len() as u64;
+        outputs.extend(messages.into_iter().map(|(_, o)| o));
+    }
+    Ok((summary, outputs))
+}
+
+/// Fires every nurturing timer of `partition` due by `until`, each at its
+/// due time, in transactions of `nurture.timers_per_tick` leads. Returns the
+/// number of transactions and the messages.
+pub async fn sweep_timers<S: LeadStore>(
+    store: &S,
+    config: &Config,
+    partition: i32,
+    until: crate::events::Millis,
+) -> Result<(u64, Vec<(i32, Output)>), StoreError> {
+    let mut outputs = Vec::new();
+    let mut rounds = 0;
+    if !config.nurture.enabled {
+        return Ok((0, outputs));
+    }
+    loop {
+        let (leads, fired) = fire_round(
+            store,
+            config,
+            &[partition],
+            FireClock::Sweep(until),
+            config.nurture.timers_per_tick,
+        )
+        .await?;
+        if leads.is_empty() {
+            break;
+        }
+        // A sweep moves every timer it fires past `until` (or ends it); one
+        // still due after firing would be fetched forever.
+        if let Some(stuck) = leads
+            .iter()
+            .find(|l| l.state.nurture.timer.is_some_and(|t| t <= until))
+        {
+            tracing::error!(lead = %stuck.state.lead_ext_id, timer = ?stuck.state.nurture.timer, "a nurturing timer does not advance; stopping the sweep");
+            break;
+        }
+        let touched: Vec<TouchedLead> = leads.into_iter().map(TouchedLead::from).collect();
+        store
+            .commit_batch(&BatchWrite {
+                consumer_group: &config.kafka.group_id,
+                leads: touched.iter().map(TouchedLead::write).collect(),
+                ..Default::default()
+            })
+            .await?;
+        rounds += 1;
+        outputs.extend(fired);
+    }
+    Ok((rounds, outputs))
 }
 
 /// Applies already ordered events in transactions of `processor.batch_size`,
-/// with event time as the clock; no offsets are written (the input is not a
-/// topic) and the outputs are returned, not put in the outbox.
+/// with event time as the clock (`clock` is `Replay` or `Import`); no
+/// offsets are written (the input is not a topic) and the outputs are
+/// returned, not put in the outbox.
 pub async fn apply_in_batches<S: LeadStore>(
     store: &S,
     config: &Config,
     model: Option<&ActiveModel>,
     ordered: &[(i32, InputEvent)],
+    clock: BatchClock,
 ) -> Result<(RunSummary, Vec<Output>), StoreError> {
     let mut summary = RunSummary::default();
     let mut outputs = Vec::new();
     for chunk in ordered.chunks(config.processor.batch_size.max(1)) {
-        let applied = apply_batch(
-            store,
-            chunk,
-            config,
-            model,
-            InputEvent::occurred_at,
-            &mut summary,
-        )
-        .await?;
+        let applied = apply_batch(store, chunk, config, model, clock, &mut summary).await?;
         store
             .commit_batch(&BatchWrite {
                 consumer_group: &config.kafka.group_id,
-                leads: applied.leads.iter().collect(),
+                leads: applied.leads.iter().map(TouchedLead::write).collect(),
                 ..Default::default()
             })
             .await?;

@@ -123,6 +123,10 @@ pub fn test_config(database_url: &str) -> Config {
     config.topics = config.topics.with_prefix(&format!("{id}-"));
     config.database.url = database_url.to_string();
     config.processor.batch_linger_ms = 20;
+    // Nurturing timers on event time: a live run is then comparable with a
+    // replay of the same events, messages included. Tests of the wall clock
+    // set it back and drive a ManualClock.
+    config.processor.clock = leadflow::config::ClockMode::EventTime;
     config
 }
 
@@ -238,6 +242,38 @@ pub fn read_topic(config: &Config, topic: &str) -> Vec<TopicMessage> {
     out
 }
 
+/// The ids of every output published (scores, then outbound messages), in
+/// topic order (repeats kept).
+pub async fn published_output_ids(config: &Config) -> Vec<String> {
+    let mut ids = published_score_ids(config).await;
+    ids.extend(
+        published_messages(config)
+            .await
+            .into_iter()
+            .map(|m| m.message_id),
+    );
+    ids
+}
+
+/// The OutboundMessages on the outbound topic, in topic order (repeats kept).
+pub async fn published_messages(config: &Config) -> Vec<leadflow::events::OutboundMessage> {
+    let codec = leadflow::codec::Codec::new(None);
+    let mut out = Vec::new();
+    for m in read_topic(config, &config.topics.outbound) {
+        let message: leadflow::events::OutboundMessage =
+            codec.decode(&m.payload.unwrap()).await.unwrap();
+        let header = m
+            .headers
+            .iter()
+            .find(|(k, _)| k == "leadflow.output.id")
+            .map(|(_, v)| v.clone());
+        assert_eq!(header.as_deref(), Some(message.message_id.as_str()));
+        assert_eq!(m.key.as_deref(), Some(message.lead_ext_id.as_bytes()));
+        out.push(message);
+    }
+    out
+}
+
 /// The score ids published on the scores topic, in topic order (repeats kept).
 pub async fn published_score_ids(config: &Config) -> Vec<String> {
     let codec = leadflow::codec::Codec::new(None);
@@ -285,6 +321,8 @@ pub struct CleanRun {
     pub states: std::collections::BTreeMap<String, leadflow::lead::LeadState>,
     pub output_ids: std::collections::BTreeSet<String>,
     pub outputs: usize,
+    /// Of the outputs, the OutboundMessages.
+    pub messages: usize,
 }
 
 pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent]) -> CleanRun {
@@ -293,16 +331,16 @@ pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent])
     let (_, outputs) = leadflow::pipeline::replay::replay(config, &store, events.to_vec())
         .await
         .unwrap();
-    let output_ids = outputs
+    let output_ids = outputs.iter().map(|o| o.id().to_string()).collect();
+    let messages = outputs
         .iter()
-        .map(|o| match o {
-            leadflow::lead::Output::Score(s) => s.score_id.clone(),
-        })
-        .collect();
+        .filter(|o| matches!(o, leadflow::lead::Output::Message(_)))
+        .count();
     CleanRun {
         states: all_states(&store).await,
         output_ids,
         outputs: outputs.len(),
+        messages,
     }
 }
 
@@ -363,4 +401,43 @@ pub async fn committed_messages<S: LeadStore>(store: &S, config: &Config) -> i64
         .iter()
         .map(|o| o.next_offset)
         .sum()
+}
+
+/// Produces raw bytes (bad input, on purpose) to a topic.
+pub async fn produce(config: &Config, topic: &str, key: Option<&str>, payload: &[u8]) {
+    use rdkafka::producer::FutureRecord;
+    let producer = leadflow::kafka::producer(&config.kafka).unwrap();
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(payload);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    producer
+        .send(record, std::time::Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// (source topic, error kind, error message) of every dead letter, sorted.
+pub fn read_dead_letters(config: &Config) -> Vec<(String, String, String)> {
+    use leadflow::pipeline::dlq_headers;
+    let mut out: Vec<_> = read_topic(config, &config.topics.dlq)
+        .into_iter()
+        .map(|m| {
+            let h = |k: &str| {
+                m.headers
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap()
+            };
+            (
+                h(dlq_headers::SOURCE_TOPIC),
+                h(dlq_headers::ERROR_KIND),
+                h(dlq_headers::ERROR_MESSAGE),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
