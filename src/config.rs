@@ -62,6 +62,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub scoring: ScoringConfig,
     pub nurture: NurtureConfig,
+    pub notify: crate::notify::NotifyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -504,6 +505,9 @@ fn env_overrides(vars: &[(String, String)]) -> Vec<Override> {
     for (var, value) in [
         ("DATABASE_URL", "database.url"),
         ("KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
+        ("SENDGRID_API_KEY", "notify.sendgrid.api_key"),
+        ("TWILIO_ACCOUNT_SID", "notify.twilio.account_sid"),
+        ("TWILIO_AUTH_TOKEN", "notify.twilio.auth_token"),
     ] {
         if let Some((_, v)) = vars.iter().find(|(k, _)| k == var) {
             out.push(Override {

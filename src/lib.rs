@@ -9,6 +9,7 @@ pub mod import;
 pub mod kafka;
 pub mod lead;
 pub mod metrics;
+pub mod notify;
 pub mod nurture;
 pub mod pipeline;
 pub mod scoring;

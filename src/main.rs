@@ -15,6 +15,7 @@ use leadflow::config::Config;
 use leadflow::events::{timestamp, InputEvent, MILLIS_PER_DAY};
 use leadflow::kafka::{self, InputFormat, TopicOutcome};
 use leadflow::metrics::Metrics;
+use leadflow::notify::worker::NotifyWorker;
 use leadflow::pipeline::{replay, Pipeline, RunOptions};
 use leadflow::scoring::evaluation::Metrics as ModelMetrics;
 use leadflow::scoring::features::FeatureValue;
@@ -47,6 +48,9 @@ struct Cli {
 enum Command {
     /// Run the processor: consume the input topics and keep every lead's state.
     Run(RunArgs),
+    /// Run the delivery worker: send outbound messages through SendGrid and
+    /// Twilio, once each, and report on message-deliveries.
+    Notify(NotifyArgs),
     /// Generate deterministic synthetic traffic to the input topics or to a file.
     Simulate(SimulateArgs),
     /// Manage the Kafka topics leadflow uses.
@@ -167,6 +171,14 @@ enum ActivateArg {
 }
 
 #[derive(Args)]
+struct NotifyArgs {
+    /// Stop after this many seconds with nothing received and nothing in
+    /// flight (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECONDS")]
+    exit_when_idle: Option<u64>,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// Stop after this many seconds without a new message (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS", conflicts_with = "from_file")]
@@ -252,6 +264,7 @@ fn main() -> Result<()> {
 async fn dispatch(command: Command, config: Config) -> Result<()> {
     match command {
         Command::Run(args) => run(config, args).await,
+        Command::Notify(args) => notify(config, args).await,
         Command::Simulate(args) => simulate(config, args).await,
         Command::Topics(TopicsCommand::Create) => {
             for (topic, outcome) in kafka::create_topics(&config).await? {
@@ -321,18 +334,22 @@ async fn experiments(config: Config, args: ExperimentsArgs) -> Result<()> {
     let p = |p: Option<f64>| p.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
     for report in reports {
         println!("experiment {}", report.experiment);
+        let names: Vec<String> = report
+            .variants
+            .iter()
+            .map(|v| match v.control {
+                true => format!("{} (control)", v.variant),
+                false => v.variant.clone(),
+            })
+            .collect();
+        let width = names.iter().map(String::len).max().unwrap_or(0).max(7);
         println!(
-            "  {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+            "  {:<width$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
             "variant", "enrolled", "replied", "rate", "lift", "p", "won", "rate", "lift", "p"
         );
-        for v in report.variants {
-            let name = if v.control {
-                format!("{} (control)", v.variant)
-            } else {
-                v.variant
-            };
+        for (name, v) in names.iter().zip(&report.variants) {
             println!(
-                "  {:<16} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+                "  {:<width$} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
                 name,
                 v.enrolled,
                 v.replied,
@@ -375,6 +392,46 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => info!("SIGINT received; finishing the batch in hand"),
         _ = term.recv() => info!("SIGTERM received; finishing the batch in hand"),
     }
+}
+
+async fn notify(config: Config, args: NotifyArgs) -> Result<()> {
+    config.notify.check().context("configuration")?;
+    let store = Arc::new(open_store(&config).await?);
+    let codec = Arc::new(codec(&config)?);
+    let metrics = Arc::new(Metrics::new());
+    let http = api::serve(
+        &config.notify.http_listen,
+        HttpState {
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("binding notify.http_listen {}", config.notify.http_listen))?;
+    info!(
+        database = %config.database.url,
+        brokers = %config.kafka.bootstrap_servers,
+        group = %config.notify.group_id,
+        metrics = %format!("http://{http}/metrics"),
+        "delivery worker starting"
+    );
+    let worker = NotifyWorker::new(config, store, codec, metrics)?;
+    let summary = worker
+        .run(
+            args.exit_when_idle.map(Duration::from_secs),
+            shutdown_signal(),
+        )
+        .await?;
+    println!(
+        "consumed {} messages: {} sent, {} failed, {} bounced, {} dropped, {} already handled, {} dead-lettered",
+        summary.consumed,
+        summary.sent,
+        summary.failed,
+        summary.bounced,
+        summary.dropped,
+        summary.duplicates,
+        summary.dead_lettered
+    );
+    Ok(())
 }
 
 async fn run(config: Config, args: RunArgs) -> Result<()> {

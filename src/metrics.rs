@@ -4,8 +4,8 @@
 //! pipelines in one process do not mix their counts.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -28,6 +28,12 @@ pub struct Metrics {
     pub feature_psi: GaugeVec,
     pub model_retrains: IntCounterVec,
     pub timers_fired: IntCounter,
+    pub notify_messages: IntCounterVec,
+    pub notify_retries: IntCounterVec,
+    pub notify_provider_seconds: HistogramVec,
+    pub notify_rate_limit_waits: IntCounterVec,
+    pub notify_rate_limit_wait_seconds: prometheus::CounterVec,
+    pub notify_dedupe_hits: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -183,6 +189,61 @@ impl Metrics {
                 "leadflow_model_retrains_total",
                 "Retraining runs started by this processor, by reason and result",
                 &["reason", "result"],
+            ),
+            notify_messages: counter_vec(
+                &registry,
+                "leadflow_notify_messages_total",
+                "Outbound messages handled by `leadflow notify`, by channel, template and \
+                 outcome (sent, failed, bounced, dropped)",
+                &["channel", "template", "outcome"],
+            ),
+            notify_retries: counter_vec(
+                &registry,
+                "leadflow_notify_retries_total",
+                "Provider requests repeated after a 429, a 5xx or a timeout",
+                &["channel", "template"],
+            ),
+            notify_provider_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "leadflow_notify_provider_request_seconds",
+                        "Latency of provider API requests, by provider and HTTP status class",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                    &["provider", "status"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
+            notify_rate_limit_waits: counter_vec(
+                &registry,
+                "leadflow_notify_rate_limit_waits_total",
+                "Sends that waited for the channel's rate limit",
+                &["channel"],
+            ),
+            notify_rate_limit_wait_seconds: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "leadflow_notify_rate_limit_wait_seconds_total",
+                        "Time sends spent waiting for the channel's rate limit",
+                    ),
+                    &["channel"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            notify_dedupe_hits: counter(
+                &registry,
+                "leadflow_notify_dedupe_hits_total",
+                "Outbound messages skipped because their message_id was already handled",
             ),
             registry,
         }

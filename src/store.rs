@@ -203,6 +203,54 @@ pub struct ModelDocument {
     pub profile: Option<String>,
 }
 
+/// The delivery worker's record of one message_id (table `deliveries`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DeliveryRecord {
+    pub message_id: String,
+    pub lead_ext_id: String,
+    pub channel: String,
+    pub template: String,
+    /// `sending` while a worker holds the claim; then `sent`, `failed`,
+    /// `bounced` or `dropped`.
+    pub status: String,
+    pub owner: String,
+    pub claimed_until: i64,
+    pub attempts: i32,
+    pub provider_message_id: Option<String>,
+    pub reason: Option<String>,
+    /// The DeliveryEvent for the outcome was acknowledged by the broker.
+    pub reported: bool,
+    pub updated_at: i64,
+}
+
+/// A worker's claim on a message before it calls the provider.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryClaim<'a> {
+    pub message_id: &'a str,
+    pub lead_ext_id: &'a str,
+    pub channel: &'a str,
+    pub template: &'a str,
+    pub recipient_hash: &'a str,
+    pub owner: &'a str,
+    pub now: i64,
+    pub lease_ms: i64,
+}
+
+/// The outcome a worker records over its claim.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryOutcome<'a> {
+    pub message_id: &'a str,
+    pub owner: &'a str,
+    pub status: &'a str,
+    pub provider_message_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub attempts: i32,
+    pub now: i64,
+}
+
+const DELIVERY_COLUMNS: &str = "message_id, lead_ext_id, channel, template, status, owner,
+    claimed_until, attempts, provider_message_id, reason, reported, updated_at";
+
 const MODEL_COLUMNS: &str = "version, model_type, params, features, metrics, reason, window_start,
     window_end, train_rows, holdout_rows, trained_at, training_seconds, active, activated_at";
 
@@ -319,6 +367,35 @@ pub trait LeadStore: Send + Sync {
         version: i64,
         at: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Claims a message for sending: creates its record, or takes over a
+    /// claim that is this owner's or whose lease ran out, and renews the
+    /// lease. Returns the record as it stands after: the claim is held when
+    /// its owner is `claim.owner` and its status `sending`.
+    fn claim_delivery(
+        &self,
+        claim: &DeliveryClaim<'_>,
+    ) -> impl Future<Output = Result<DeliveryRecord, StoreError>> + Send;
+
+    /// Records the outcome over a claim still held by `outcome.owner`;
+    /// false when the claim was lost (its lease ran out and another took it).
+    fn finish_delivery(
+        &self,
+        outcome: &DeliveryOutcome<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Notes that the DeliveryEvent of a finished message was published.
+    fn mark_delivery_reported(
+        &self,
+        message_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Messages sent to a recipient since `since`.
+    fn recipient_sends(
+        &self,
+        recipient_hash: &str,
+        since: i64,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 }
 
 pub struct PgStore {
@@ -416,11 +493,14 @@ const UPDATE_FIRED_LEAD: &str = "UPDATE leads SET
         partition_id = $12, next_timer_at = $13
     WHERE lead_ext_id = $1 AND next_timer_at = $14";
 
-const DELETE_MEMBERSHIPS: &str = "DELETE FROM experiment_members WHERE lead_ext_id = $1";
-
-const INSERT_MEMBERSHIP: &str = "INSERT INTO experiment_members
+/// Memberships are never removed, so an upsert by primary key keeps the
+/// table equal to the lead's state without touching other rows.
+const UPSERT_MEMBERSHIP: &str = "INSERT INTO experiment_members
     (experiment, lead_ext_id, variant, enrolled_at, replied_at, converted_at)
-    VALUES ($1, $2, $3, $4, $5, $6)";
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (experiment, lead_ext_id) DO UPDATE SET
+        variant = excluded.variant, enrolled_at = excluded.enrolled_at,
+        replied_at = excluded.replied_at, converted_at = excluded.converted_at";
 
 const INSERT_OFFSET: &str =
     "INSERT INTO partition_offsets (consumer_group, topic, partition_id, next_offset)
@@ -508,12 +588,8 @@ macro_rules! impl_sql_store {
                         });
                     }
                     if write.experiments_changed {
-                        sqlx::query(DELETE_MEMBERSHIPS)
-                            .bind(&lead.lead_ext_id)
-                            .execute(&mut *tx)
-                            .await?;
                         for (experiment, m) in &lead.nurture.experiments {
-                            sqlx::query(INSERT_MEMBERSHIP)
+                            sqlx::query(UPSERT_MEMBERSHIP)
                                 .bind(experiment)
                                 .bind(&lead.lead_ext_id)
                                 .bind(&m.variant)
@@ -799,6 +875,86 @@ macro_rules! impl_sql_store {
                 tx.commit().await?;
                 Ok(())
             }
+
+            async fn claim_delivery(
+                &self,
+                claim: &DeliveryClaim<'_>,
+            ) -> Result<DeliveryRecord, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO deliveries (message_id, lead_ext_id, channel, template,
+                        recipient_hash, status, owner, claimed_until, attempts, reported, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, 'sending', $6, $7, 0, FALSE, $8)
+                     ON CONFLICT (message_id) DO UPDATE SET
+                        owner = excluded.owner, claimed_until = excluded.claimed_until,
+                        updated_at = excluded.updated_at
+                     WHERE deliveries.status = 'sending'
+                        AND (deliveries.owner = excluded.owner OR deliveries.claimed_until < $8)",
+                )
+                .bind(claim.message_id)
+                .bind(claim.lead_ext_id)
+                .bind(claim.channel)
+                .bind(claim.template)
+                .bind(claim.recipient_hash)
+                .bind(claim.owner)
+                .bind(claim.now + claim.lease_ms)
+                .bind(claim.now)
+                .execute(&mut *tx)
+                .await?;
+                let record = sqlx::query_as(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1"
+                ))
+                .bind(claim.message_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(record)
+            }
+
+            async fn finish_delivery(
+                &self,
+                outcome: &DeliveryOutcome<'_>,
+            ) -> Result<bool, StoreError> {
+                let updated = sqlx::query(
+                    "UPDATE deliveries SET status = $3, provider_message_id = $4, reason = $5,
+                        attempts = $6, updated_at = $7
+                     WHERE message_id = $1 AND owner = $2 AND status = 'sending'",
+                )
+                .bind(outcome.message_id)
+                .bind(outcome.owner)
+                .bind(outcome.status)
+                .bind(outcome.provider_message_id)
+                .bind(outcome.reason)
+                .bind(outcome.attempts)
+                .bind(outcome.now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(updated == 1)
+            }
+
+            async fn mark_delivery_reported(&self, message_id: &str) -> Result<(), StoreError> {
+                sqlx::query("UPDATE deliveries SET reported = TRUE WHERE message_id = $1")
+                    .bind(message_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn recipient_sends(
+                &self,
+                recipient_hash: &str,
+                since: i64,
+            ) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM deliveries
+                     WHERE recipient_hash = $1 AND updated_at >= $2 AND status = 'sent'",
+                )
+                .bind(recipient_hash)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?)
+            }
         }
     };
 }
@@ -950,5 +1106,24 @@ impl LeadStore for Store {
 
     async fn activate_model(&self, version: i64, at: i64) -> Result<(), StoreError> {
         delegate!(self, s => s.activate_model(version, at))
+    }
+
+    async fn claim_delivery(
+        &self,
+        claim: &DeliveryClaim<'_>,
+    ) -> Result<DeliveryRecord, StoreError> {
+        delegate!(self, s => s.claim_delivery(claim))
+    }
+
+    async fn finish_delivery(&self, outcome: &DeliveryOutcome<'_>) -> Result<bool, StoreError> {
+        delegate!(self, s => s.finish_delivery(outcome))
+    }
+
+    async fn mark_delivery_reported(&self, message_id: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.mark_delivery_reported(message_id))
+    }
+
+    async fn recipient_sends(&self, recipient_hash: &str, since: i64) -> Result<i64, StoreError> {
+        delegate!(self, s => s.recipient_sends(recipient_hash, since))
     }
 }

@@ -626,7 +626,7 @@ fn reactivation_time(state: &LeadState, config: &NurtureConfig) -> Option<Millis
 }
 
 /// Why a step cannot be sent on its channel, if it cannot.
-fn channel_blocked(state: &LeadState, channel: Channel) -> Option<String> {
+pub fn channel_blocked(state: &LeadState, channel: Channel) -> Option<String> {
     if let Some(stop) = state.nurture.stopped.get(&channel) {
         return Some(format!("{channel} stopped ({})", stop.reason));
     }

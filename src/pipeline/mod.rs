@@ -1200,48 +1200,52 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         Ok(event)
     }
 
-    /// Writes a rejected message to the dead-letter topic, retrying until
-    /// the broker acknowledges it: a dead letter is never dropped.
     async fn dead_letter(&self, message: &RawMessage, rejection: &Rejection) {
-        warn!(
-            topic = %message.topic,
-            partition = message.partition,
-            offset = message.offset,
-            kind = rejection.kind,
-            error = %rejection.message,
-            "dead-lettering message"
-        );
-        let partition = message.partition.to_string();
-        let offset = message.offset.to_string();
-        let topic = &self.config.topics.dlq;
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let headers = OwnedHeaders::new()
-                .insert(header(dlq_headers::SOURCE_TOPIC, &message.topic))
-                .insert(header(dlq_headers::SOURCE_PARTITION, &partition))
-                .insert(header(dlq_headers::SOURCE_OFFSET, &offset))
-                .insert(header(dlq_headers::ERROR_KIND, rejection.kind))
-                .insert(header(dlq_headers::ERROR_MESSAGE, &rejection.message));
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-            if let Some(key) = &message.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(payload) = &message.payload {
-                record = record.payload(payload.as_slice());
-            }
-            match self
-                .producer
-                .get()
-                .send(record, Duration::from_secs(30))
-                .await
-            {
-                Ok(_) => return,
-                Err((e, _)) => {
-                    self.producer.renew_if_failed();
-                    warn!(error = %e, topic = %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter write failed, retrying");
-                    sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+        dead_letter(&self.producer, &self.config.topics.dlq, message, rejection).await
+    }
+}
+
+/// Writes a rejected message to the dead-letter topic with headers naming
+/// its source and the reason, retrying until the broker acknowledges it: a
+/// dead letter is never dropped.
+pub async fn dead_letter(
+    producer: &SharedProducer,
+    topic: &str,
+    message: &RawMessage,
+    rejection: &Rejection,
+) {
+    warn!(
+        topic = %message.topic,
+        partition = message.partition,
+        offset = message.offset,
+        kind = rejection.kind,
+        error = %rejection.message,
+        "dead-lettering message"
+    );
+    let partition = message.partition.to_string();
+    let offset = message.offset.to_string();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let headers = OwnedHeaders::new()
+            .insert(header(dlq_headers::SOURCE_TOPIC, &message.topic))
+            .insert(header(dlq_headers::SOURCE_PARTITION, &partition))
+            .insert(header(dlq_headers::SOURCE_OFFSET, &offset))
+            .insert(header(dlq_headers::ERROR_KIND, rejection.kind))
+            .insert(header(dlq_headers::ERROR_MESSAGE, &rejection.message));
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &message.payload {
+            record = record.payload(payload.as_slice());
+        }
+        match producer.get().send(record, Duration::from_secs(30)).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                producer.renew_if_failed();
+                warn!(error = %e, topic = %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter write failed, retrying");
+                sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -1,0 +1,692 @@
+//! The delivery loop. Each consumed OutboundMessage becomes a task; tasks
+//! run concurrently (up to `notify.max_in_flight`), so a message waiting
+//! for a retry never holds up the others, on its partition or any other.
+//! A partition's committed offset only passes messages whose outcome is
+//! recorded in the store (arroyo's rule: hand back an offset only when the
+//! work is durable).
+//!
+//! Never twice: before calling the provider a task claims the message_id
+//! in the store (`deliveries`); after the provider's answer it records the
+//! outcome over the claim, then publishes the DeliveryEvent. A redelivered
+//! message finds the record and is skipped (its DeliveryEvent re-published
+//! if that had not been acknowledged). The one window left: a crash after
+//! the provider accepted and before the outcome is recorded; the claim's
+//! lease then runs out and the message is sent again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
+use crate::kafka::{client_config, SharedProducer};
+use crate::metrics::Metrics;
+use crate::pipeline::{dead_letter, wall_clock_millis, RawMessage, Rejection};
+use crate::store::{DeliveryClaim, DeliveryOutcome, DeliveryRecord, LeadStore, StoreError};
+
+use super::limiter::SlidingWindowLimiter;
+use super::providers::{Receipt, SendError, SendGrid, Twilio, SENDGRID, TWILIO};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What one run did, logged at exit and returned to tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct NotifySummary {
+    pub consumed: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub bounced: u64,
+    pub dropped: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+}
+
+/// How one message ended for this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    Sent,
+    Failed {
+        dead_lettered: bool,
+    },
+    Bounced,
+    Dropped,
+    Duplicate,
+    /// Another worker holds the claim and finished it, or took it over.
+    ClaimLost,
+    Invalid,
+}
+
+struct Shared<S> {
+    config: Config,
+    store: Arc<S>,
+    codec: Arc<Codec>,
+    producer: SharedProducer,
+    metrics: Arc<Metrics>,
+    sendgrid: SendGrid,
+    twilio: Twilio,
+    email_limit: Mutex<SlidingWindowLimiter>,
+    sms_limit: Mutex<SlidingWindowLimiter>,
+    origin: Instant,
+    /// This process (a restarted worker is a new one); each claim is
+    /// `owner:n`, so two copies of a message in one process exclude each
+    /// other as two processes do.
+    owner: String,
+    claims: std::sync::atomic::AtomicU64,
+}
+
+pub struct NotifyWorker<S> {
+    shared: Arc<Shared<S>>,
+}
+
+/// Offsets of one partition: those in flight, and the next to arrive.
+#[derive(Debug, Default)]
+struct Progress {
+    in_flight: BTreeSet<i64>,
+    next: i64,
+    committed: Option<i64>,
+}
+
+impl Progress {
+    fn committable(&self) -> i64 {
+        self.in_flight.first().copied().unwrap_or(self.next)
+    }
+}
+
+impl<S: LeadStore + 'static> NotifyWorker<S> {
+    pub fn new(
+        config: Config,
+        store: Arc<S>,
+        codec: Arc<Codec>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, NotifyError> {
+        let timeout = Duration::from_millis(config.notify.request_timeout_ms);
+        let second = Duration::from_secs(1);
+        let shared = Shared {
+            producer: SharedProducer::new(&config.kafka)?,
+            sendgrid: SendGrid::new(config.notify.sendgrid.clone(), timeout)?,
+            twilio: Twilio::new(config.notify.twilio.clone(), timeout)?,
+            email_limit: Mutex::new(SlidingWindowLimiter::new(
+                config.notify.sendgrid.rate_per_second,
+                second,
+            )),
+            sms_limit: Mutex::new(SlidingWindowLimiter::new(
+                config.notify.twilio.rate_per_second,
+                second,
+            )),
+            origin: Instant::now(),
+            owner: {
+                let bytes: [u8; 16] = rand::rng().random();
+                uuid::Uuid::from_bytes(bytes).to_string()
+            },
+            claims: Default::default(),
+            config,
+            store,
+            codec,
+            metrics,
+        };
+        Ok(NotifyWorker {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// Consumes `outbound-messages` until `shutdown` resolves (or, with
+    /// `exit_when_idle`, until nothing arrived and nothing is in flight for
+    /// that long), then finishes the messages in flight and commits.
+    pub async fn run(
+        self,
+        exit_when_idle: Option<Duration>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<NotifySummary, NotifyError> {
+        let config = &self.shared.config;
+        let session_timeout = config.kafka.session_timeout_ms.to_string();
+        let consumer: StreamConsumer = client_config(
+            &config.kafka,
+            &[
+                ("group.id", config.notify.group_id.as_str()),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", session_timeout.as_str()),
+            ],
+        )
+        .create()?;
+        consumer.subscribe(&[&config.topics.outbound])?;
+        info!(topic = %config.topics.outbound, group = %config.notify.group_id, owner = %self.shared.owner, "delivery worker started");
+
+        let semaphore = Arc::new(Semaphore::new(config.notify.max_in_flight));
+        let mut tasks: JoinSet<(i32, i64, Handled)> = JoinSet::new();
+        let mut progress: HashMap<i32, Progress> = HashMap::new();
+        let mut summary = NotifySummary::default();
+        let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_activity = Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                received = consumer.recv(), if semaphore.available_permits() > 0 => {
+                    let m = match received {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!(error = %e, "consumer error");
+                            continue;
+                        }
+                    };
+                    last_activity = Instant::now();
+                    summary.consumed += 1;
+                    let raw = RawMessage {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    };
+                    let p = progress.entry(raw.partition).or_default();
+                    p.in_flight.insert(raw.offset);
+                    p.next = p.next.max(raw.offset + 1);
+                    let permit = semaphore.clone().acquire_owned().await.expect("never closed");
+                    let shared = self.shared.clone();
+                    tasks.spawn(async move {
+                        let handled = shared.handle(&raw).await;
+                        drop(permit);
+                        (raw.partition, raw.offset, handled)
+                    });
+                }
+                Some(done) = tasks.join_next() => {
+                    let (partition, offset, handled) = done.expect("delivery tasks do not panic");
+                    last_activity = Instant::now();
+                    if let Some(p) = progress.get_mut(&partition) {
+                        p.in_flight.remove(&offset);
+                    }
+                    count(&mut summary, handled);
+                }
+                _ = commit_tick.tick() => {
+                    let assigned = consumer.assignment().map(|t| t.count()).unwrap_or(0);
+                    self.shared.metrics.assigned_partitions.set(assigned as i64);
+                    commit(&consumer, &config.topics.outbound, &mut progress, CommitMode::Async);
+                    if exit_when_idle.is_some_and(|idle| tasks.is_empty() && last_activity.elapsed() >= idle) {
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (partition, offset, handled) = done.expect("delivery tasks do not panic");
+            if let Some(p) = progress.get_mut(&partition) {
+                p.in_flight.remove(&offset);
+            }
+            count(&mut summary, handled);
+        }
+        commit(
+            &consumer,
+            &config.topics.outbound,
+            &mut progress,
+            CommitMode::Sync,
+        );
+        info!(?summary, "delivery worker stopped");
+        Ok(summary)
+    }
+}
+
+fn count(summary: &mut NotifySummary, handled: Handled) {
+    match handled {
+        Handled::Sent => summary.sent += 1,
+        Handled::Failed { dead_lettered } => {
+            summary.failed += 1;
+            summary.dead_lettered += dead_lettered as u64;
+        }
+        Handled::Bounced => {
+            summary.bounced += 1;
+            summary.dead_lettered += 1;
+        }
+        Handled::Dropped => summary.dropped += 1,
+        Handled::Duplicate | Handled::ClaimLost => summary.duplicates += 1,
+        Handled::Invalid => summary.dead_lettered += 1,
+    }
+}
+
+/// Commits, per partition still assigned, the offset below which every
+/// message is done. Partitions that left (a rebalance) are forgotten once
+/// their tasks are done; committing for them would fail anyway.
+fn commit(
+    consumer: &StreamConsumer,
+    topic: &str,
+    progress: &mut HashMap<i32, Progress>,
+    mode: CommitMode,
+) {
+    let assigned: BTreeSet<i32> = consumer
+        .assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default();
+    progress.retain(|p, prog| assigned.contains(p) || !prog.in_flight.is_empty());
+    let mut tpl = TopicPartitionList::new();
+    let mut moved = Vec::new();
+    for (partition, p) in progress.iter() {
+        let offset = p.committable();
+        if assigned.contains(partition) && p.committed != Some(offset) {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(offset))
+                .is_ok()
+            {
+                moved.push((*partition, offset));
+            }
+        }
+    }
+    if moved.is_empty() {
+        return;
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            for (partition, offset) in moved {
+                if let Some(p) = progress.get_mut(&partition) {
+                    p.committed = Some(offset);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "offset commit failed; the next one covers it"),
+    }
+}
+
+fn recipient_hash(channel: Channel, to: &str) -> String {
+    crate::lead::output_id(&to.trim().to_lowercase(), "recipient", channel.as_str())
+}
+
+impl<S: LeadStore + 'static> Shared<S> {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    async fn handle(&self, raw: &RawMessage) -> Handled {
+        let message = match self.decode(raw).await {
+            Ok(m) => m,
+            Err(reason) => {
+                dead_letter(
+                    &self.producer,
+                    &self.config.topics.dlq,
+                    raw,
+                    &Rejection {
+                        kind: "invalid_message",
+                        message: reason,
+                    },
+                )
+                .await;
+                return Handled::Invalid;
+            }
+        };
+        let hash = recipient_hash(message.channel, &message.to);
+        let n = self
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owner = format!("{}:{n}", self.owner);
+        let record = loop {
+            let claim = DeliveryClaim {
+                message_id: &message.message_id,
+                lead_ext_id: &message.lead_ext_id,
+                channel: message.channel.as_str(),
+                template: &message.template,
+                recipient_hash: &hash,
+                owner: &owner,
+                now: wall_clock_millis(),
+                lease_ms: self.config.notify.claim_lease_ms as i64,
+            };
+            let record = self
+                .retry_store("claim", || self.store.claim_delivery(&claim))
+                .await;
+            if record.status != "sending" || record.owner == owner {
+                break record;
+            }
+            // Another worker is on it (a rebalance moved the partition
+            // while it was sending, or a repeat of the message is in
+            // flight here): wait for its outcome or its lease.
+            let wait = (record.claimed_until - wall_clock_millis()).clamp(100, 1_000);
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        };
+        if record.status != "sending" {
+            self.metrics.notify_dedupe_hits.inc();
+            if !record.reported {
+                self.report(&message, &record).await;
+            }
+            return Handled::Duplicate;
+        }
+        let (status, receipt, reason, attempts) = match self.blocked(&message, &hash).await {
+            Some(reason) => ("dropped", None, Some(reason), 0),
+            None => match self.send_with_retries(&message, &hash, &owner).await {
+                Ok((receipt, attempts)) => ("sent", Some(receipt), None, attempts),
+                Err((
+                    SendError::Rejected {
+                        reason,
+                        bounce: true,
+                    },
+                    n,
+                )) => ("bounced", None, Some(reason), n),
+                Err((SendError::Rejected { reason, .. }, n)) => ("failed", None, Some(reason), n),
+                Err((e, n)) => (
+                    "failed",
+                    None,
+                    Some(format!("gave up after {n} attempts: {e}")),
+                    n,
+                ),
+            },
+        };
+        let provider_message_id = receipt.as_ref().and_then(|r| r.provider_message_id.clone());
+        let outcome = DeliveryOutcome {
+            message_id: &message.message_id,
+            owner: &owner,
+            status,
+            provider_message_id: provider_message_id.as_deref(),
+            reason: reason.as_deref(),
+            attempts: attempts as i32,
+            now: wall_clock_millis(),
+        };
+        let kept = self
+            .retry_store("record", || self.store.finish_delivery(&outcome))
+            .await;
+        self.metrics
+            .notify_messages
+            .with_label_values(&[message.channel.as_str(), &message.template, status])
+            .inc();
+        if !kept {
+            warn!(message_id = %message.message_id, "claim lost to another worker before the outcome was recorded");
+            return Handled::ClaimLost;
+        }
+        let record = DeliveryRecord {
+            message_id: message.message_id.clone(),
+            lead_ext_id: message.lead_ext_id.clone(),
+            channel: message.channel.as_str().into(),
+            template: message.template.clone(),
+            status: status.into(),
+            owner: owner.clone(),
+            claimed_until: 0,
+            attempts: attempts as i32,
+            provider_message_id: provider_message_id.clone(),
+            reason: reason.clone(),
+            reported: false,
+            updated_at: outcome.now,
+        };
+        self.report(&message, &record).await;
+        match status {
+            "sent" => Handled::Sent,
+            "dropped" => Handled::Dropped,
+            _ => {
+                dead_letter(
+                    &self.producer,
+                    &self.config.topics.dlq,
+                    raw,
+                    &Rejection {
+                        kind: "delivery_failed",
+                        message: reason.unwrap_or_default(),
+                    },
+                )
+                .await;
+                match status {
+                    "bounced" => Handled::Bounced,
+                    _ => Handled::Failed {
+                        dead_lettered: true,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn decode(&self, raw: &RawMessage) -> Result<OutboundMessage, String> {
+        let payload = raw.payload.as_deref().ok_or("empty payload")?;
+        let message: OutboundMessage = self
+            .codec
+            .decode(payload)
+            .await
+            .map_err(|e| format!("not an OutboundMessage: {e}"))?;
+        if message.message_id.trim().is_empty() {
+            return Err("message_id is empty".into());
+        }
+        if message.to.trim().is_empty() {
+            return Err("`to` is empty".into());
+        }
+        Ok(message)
+    }
+
+    /// Why the message must not be sent now, if it must not: the lead was
+    /// erased, its consent or channel is gone (since the message was
+    /// made), or the recipient had its share for the window.
+    async fn blocked(&self, message: &OutboundMessage, hash: &str) -> Option<String> {
+        let lead = self
+            .retry_store("lead lookup", || self.store.get_lead(&message.lead_ext_id))
+            .await;
+        let Some(lead) = lead else {
+            return Some("lead not found (erased)".into());
+        };
+        if let Some(reason) = crate::nurture::channel_blocked(&lead, message.channel) {
+            return Some(reason);
+        }
+        let cap = &self.config.notify.recipient_cap;
+        let since = wall_clock_millis() - cap.window_hours as i64 * 3_600_000;
+        let sent = self
+            .retry_store("recipient count", || {
+                self.store.recipient_sends(hash, since)
+            })
+            .await;
+        if sent >= cap.max_messages as i64 {
+            return Some(format!(
+                "recipient cap: {sent} messages in the last {} h (notify.recipient_cap)",
+                cap.window_hours
+            ));
+        }
+        None
+    }
+
+    /// Sends, retrying 429s (after their Retry-After), 5xx and timeouts
+    /// with exponential backoff and full jitter, up to `max_attempts`.
+    async fn send_with_retries(
+        &self,
+        message: &OutboundMessage,
+        hash: &str,
+        owner: &str,
+    ) -> Result<(Receipt, u32), (SendError, u32)> {
+        let retry = &self.config.notify.retry;
+        let channel = message.channel.as_str();
+        let limiter = match message.channel {
+            Channel::Email => &self.email_limit,
+            Channel::Sms => &self.sms_limit,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = self.now();
+            let slot = limiter.lock().expect("limiter lock").reserve(now);
+            if slot > now {
+                self.metrics
+                    .notify_rate_limit_waits
+                    .with_label_values(&[channel])
+                    .inc();
+                self.metrics
+                    .notify_rate_limit_wait_seconds
+                    .with_label_values(&[channel])
+                    .inc_by((slot - now).as_secs_f64());
+                tokio::time::sleep_until(self.origin + slot).await;
+            }
+            // Renew the claim right before the request: a long wait for
+            // the limiter or a backoff must not let the lease run out.
+            let claim = DeliveryClaim {
+                message_id: &message.message_id,
+                lead_ext_id: &message.lead_ext_id,
+                channel,
+                template: &message.template,
+                recipient_hash: hash,
+                owner,
+                now: wall_clock_millis(),
+                lease_ms: self.config.notify.claim_lease_ms as i64,
+            };
+            let held = self
+                .retry_store("claim renewal", || self.store.claim_delivery(&claim))
+                .await;
+            if held.owner != owner || held.status != "sending" {
+                return Err((
+                    SendError::Transient("the claim passed to another worker".into()),
+                    attempt - 1,
+                ));
+            }
+            let (provider, started) = match message.channel {
+                Channel::Email => (SENDGRID, std::time::Instant::now()),
+                Channel::Sms => (TWILIO, std::time::Instant::now()),
+            };
+            let result = match message.channel {
+                Channel::Email => self.sendgrid.send(message).await,
+                Channel::Sms => self.twilio.send(message).await,
+            };
+            let class = match &result {
+                Ok(_) => "2xx",
+                Err(SendError::RateLimited { .. }) => "429",
+                Err(SendError::Rejected { .. }) => "4xx",
+                Err(SendError::Transient(_)) => "error",
+            };
+            self.metrics
+                .notify_provider_seconds
+                .with_label_values(&[provider, class])
+                .observe(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(receipt) => return Ok((receipt, attempt)),
+                Err(e @ SendError::Rejected { .. }) => return Err((e, attempt)),
+                Err(e) => e,
+            };
+            if attempt >= retry.max_attempts {
+                return Err((error, attempt));
+            }
+            self.metrics
+                .notify_retries
+                .with_label_values(&[channel, &message.template])
+                .inc();
+            let backoff = {
+                let exp = retry
+                    .initial_backoff_ms
+                    .saturating_mul(1u64 << (attempt - 1).min(20))
+                    .min(retry.max_backoff_ms);
+                // Full jitter in [exp/2, exp]: retries of many messages
+                // after one outage do not arrive together.
+                Duration::from_millis(rand::rng().random_range(exp / 2..=exp.max(1)))
+            };
+            let wait = match &error {
+                SendError::RateLimited {
+                    retry_after: Some(after),
+                    ..
+                } => {
+                    limiter
+                        .lock()
+                        .expect("limiter lock")
+                        .hold_until(self.now() + *after);
+                    *after
+                }
+                _ => backoff,
+            };
+            warn!(message_id = %message.message_id, attempt, error = %error, retry_in_ms = wait.as_millis() as u64, "provider request failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Publishes the DeliveryEvent of a finished message (retrying until
+    /// the broker acknowledges it) and notes that it did.
+    async fn report(&self, message: &OutboundMessage, record: &DeliveryRecord) {
+        let (status, reason) = match record.status.as_str() {
+            "sent" => (DeliveryStatus::Sent, None),
+            "bounced" => (DeliveryStatus::Bounced, record.reason.clone()),
+            "dropped" => (
+                DeliveryStatus::Failed,
+                Some(format!(
+                    "dropped: {}",
+                    record.reason.as_deref().unwrap_or("")
+                )),
+            ),
+            _ => (DeliveryStatus::Failed, record.reason.clone()),
+        };
+        let event = DeliveryEvent {
+            event_id: crate::lead::output_id(
+                &message.lead_ext_id,
+                "delivery",
+                &format!("{}\u{1f}{}", message.message_id, status.as_str()),
+            ),
+            message_id: message.message_id.clone(),
+            lead_ext_id: message.lead_ext_id.clone(),
+            channel: message.channel,
+            status,
+            occurred_at: record.updated_at,
+            provider: Some(
+                match message.channel {
+                    Channel::Email => SENDGRID,
+                    Channel::Sms => TWILIO,
+                }
+                .to_string(),
+            ),
+            provider_message_id: record.provider_message_id.clone(),
+            reason,
+        };
+        let topic = &self.config.topics.deliveries;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let sent = match self.codec.encode(topic, &event).await {
+                Ok(payload) => self
+                    .producer
+                    .get()
+                    .send(
+                        FutureRecord::to(topic)
+                            .key(&event.lead_ext_id)
+                            .payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(()) => break,
+                Err(e) => {
+                    self.producer.renew_if_failed();
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "publishing a DeliveryEvent failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.retry_store("reported", || {
+            self.store.mark_delivery_reported(&message.message_id)
+        })
+        .await;
+    }
+
+    /// A store call retried until it succeeds: a delivery must not be
+    /// skipped or repeated because the database blinked.
+    async fn retry_store<T, F, Fut>(&self, what: &str, op: F) -> T
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    self.metrics.store_retries.inc();
+                    warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "store call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}

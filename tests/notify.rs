@@ -1,0 +1,618 @@
+//! The delivery worker against the real broker and both stores, with local
+//! HTTP servers that check each request as SendGrid and Twilio document it
+//! and answer as they do: 202/201, 429 with Retry-After, 500, 400 with the
+//! provider's error body, and a connection that hangs.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use common::*;
+use leadflow::codec::Codec;
+use leadflow::config::Config;
+use leadflow::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
+use leadflow::lead::{ChannelConsent, LeadState};
+use leadflow::metrics::Metrics;
+use leadflow::notify::worker::NotifyWorker;
+use leadflow::store::{BatchWrite, LeadStore, LeadWrite};
+
+const API_KEY: &str = "SG.test-key";
+const SID: &str = "AC0123456789";
+const TOKEN: &str = "twilio-token";
+const FROM: &str = "+15550000000";
+
+/// One request as the fake provider saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    provider: &'static str,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    /// The message_id it carried (SendGrid's custom arg; Twilio: the To).
+    key: String,
+    at: Instant,
+    accepted: bool,
+}
+
+#[derive(Default)]
+struct Provider {
+    seen: Vec<Seen>,
+    /// While set, every new request gets a 503 (and is not accepted).
+    refusing: bool,
+    /// Requests between their arrival and their answer.
+    answering: usize,
+    /// Delay before each answer.
+    latency: Duration,
+}
+
+type Fake = Arc<Mutex<Provider>>;
+
+fn attempts_so_far(p: &Provider, key: &str) -> usize {
+    p.seen.iter().filter(|s| s.key == key).count()
+}
+
+/// What the fake answers, chosen by the recipient (the local part of the
+/// address, or the phone number's last digits) and the attempt number.
+fn script(recipient: &str, attempt: usize) -> &'static str {
+    match (recipient, attempt) {
+        (r, 1) if r.starts_with("limited") => "429",
+        (r, 1) if r.starts_with("flaky") => "500",
+        (r, 1) if r.starts_with("hang") => "hang",
+        (r, _) if r.starts_with("bad-address") => "400-address",
+        (r, _) if r.starts_with("bad-template") => "400-template",
+        (r, _) if r.ends_with("9999") => "400-twilio",
+        _ => "ok",
+    }
+}
+
+async fn answer(
+    fake: Fake,
+    provider: &'static str,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (key, recipient) = match provider {
+        "sendgrid" => {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let p = &v["personalizations"][0];
+            (
+                p["custom_args"]["message_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                p["to"][0]["email"].as_str().unwrap_or("").to_string(),
+            )
+        }
+        _ => {
+            let form: HashMap<String, String> = serde_urlencoded_pairs(&body);
+            let to = form.get("To").cloned().unwrap_or_default();
+            (to.clone(), to)
+        }
+    };
+    let (attempt, latency) = {
+        let mut p = fake.lock().unwrap();
+        let attempt = attempts_so_far(&p, &key) + 1;
+        let refusing = p.refusing;
+        p.seen.push(Seen {
+            provider,
+            path,
+            headers,
+            body,
+            key: key.clone(),
+            at: Instant::now(),
+            accepted: false,
+        });
+        if refusing {
+            return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+        }
+        p.answering += 1;
+        (attempt, p.latency)
+    };
+    tokio::time::sleep(latency).await;
+    let behaviour = script(&recipient, attempt);
+    if behaviour == "hang" {
+        // Longer than the worker's request timeout: the client gives up.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    let mut p = fake.lock().unwrap();
+    p.answering -= 1;
+    let response = match (provider, behaviour) {
+        ("sendgrid", "ok") => (
+            StatusCode::ACCEPTED,
+            [("x-message-id", format!("sg-{key}"))],
+            "",
+        )
+            .into_response(),
+        ("twilio", "ok") => (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({"sid": format!("SM{}", p.seen.len()), "status": "queued"})),
+        )
+            .into_response(),
+        (_, "429") => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            r#"{"errors":[{"message":"too many requests"}]}"#,
+        )
+            .into_response(),
+        (_, "400-address") => (
+            StatusCode::BAD_REQUEST,
+            r#"{"errors":[{"message":"Does not contain a valid address.","field":"personalizations.0.to.0.email","help":"http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message.personalizations.to"}]}"#,
+        )
+            .into_response(),
+        (_, "400-template") => (
+            StatusCode::BAD_REQUEST,
+            r#"{"errors":[{"message":"The template_id must be a valid GUID, you provided 'd-missing'.","field":"template_id","help":null}]}"#,
+        )
+            .into_response(),
+        (_, "400-twilio") => (
+            StatusCode::BAD_REQUEST,
+            r#"{"code": 21211, "message": "The 'To' number +15559999 is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}"#,
+        )
+            .into_response(),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
+    };
+    if response.status().is_success() {
+        if let Some(s) = p.seen.iter_mut().rev().find(|s| s.key == key) {
+            s.accepted = true;
+        }
+    }
+    response
+}
+
+fn serde_urlencoded_pairs(body: &[u8]) -> HashMap<String, String> {
+    reqwest::Url::parse(&format!("http://x/?{}", String::from_utf8_lossy(body)))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+async fn start_fake() -> (Fake, String) {
+    let fake: Fake = Arc::default();
+    let app = Router::new()
+        .route(
+            "/v3/mail/send",
+            post(
+                |State(f): State<Fake>, headers: HeaderMap, body: Bytes| async move {
+                    answer(f, "sendgrid", "/v3/mail/send".into(), headers, body).await
+                },
+            ),
+        )
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            post(
+                |State(f): State<Fake>,
+                 axum::extract::Path(sid): axum::extract::Path<String>,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+                    answer(f, "twilio", path, headers, body).await
+                },
+            ),
+        )
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (fake, format!("http://{addr}"))
+}
+
+fn notify_config(database_url: &str, provider_url: &str) -> Config {
+    let mut config = test_config(database_url);
+    let n = &mut config.notify;
+    n.group_id = format!("{}-notify", config.kafka.group_id);
+    n.http_listen = "127.0.0.1:0".into();
+    n.request_timeout_ms = 1_000;
+    n.claim_lease_ms = 3_000;
+    n.retry.initial_backoff_ms = 50;
+    n.retry.max_backoff_ms = 400;
+    n.retry.max_attempts = 4;
+    n.sendgrid.base_url = provider_url.into();
+    n.sendgrid.api_key = API_KEY.into();
+    n.sendgrid.from_email = "hello@leadflow.test".into();
+    n.sendgrid.from_name = "Leadflow".into();
+    n.sendgrid.rate_per_second = 1_000;
+    n.sendgrid.templates = BTreeMap::from([
+        ("premium_welcome".to_string(), "d-welcome".to_string()),
+        ("premium_value_prop".to_string(), "d-value".to_string()),
+    ]);
+    n.twilio.base_url = provider_url.into();
+    n.twilio.account_sid = SID.into();
+    n.twilio.auth_token = TOKEN.into();
+    n.twilio.from = FROM.into();
+    n.twilio.rate_per_second = 1_000;
+    n.check().unwrap();
+    config
+}
+
+/// Leads with consent on both channels (and one without SMS consent).
+async fn store_leads<S: LeadStore>(store: &S, config: &Config, leads: &[(&str, &str, &str, bool)]) {
+    let states: Vec<LeadState> = leads
+        .iter()
+        .map(|(id, email, phone, sms_consent)| {
+            let mut s = LeadState::new(id);
+            s.email = Some(email.to_string());
+            s.phone = Some(phone.to_string());
+            let granted = |g: bool| ChannelConsent {
+                granted: g,
+                recorded_at: 1,
+                source: "web_form".into(),
+            };
+            s.consent.email = Some(granted(true));
+            s.consent.sms = sms_consent.then(|| granted(true));
+            s
+        })
+        .collect();
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: &config.kafka.group_id,
+            leads: states.iter().map(|s| LeadWrite::new(s, 0)).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+fn message(lead: &str, channel: Channel, to: &str, template: &str) -> OutboundMessage {
+    OutboundMessage {
+        message_id: leadflow::nurture::message_id(lead, "premium", template, 0),
+        lead_ext_id: lead.into(),
+        channel,
+        to: to.into(),
+        template: template.into(),
+        data: BTreeMap::from([
+            ("first_name".to_string(), "Ana".to_string()),
+            ("company".to_string(), "Acme".to_string()),
+            ("lead_ext_id".to_string(), lead.to_string()),
+        ]),
+        sequence: "premium".into(),
+        step: 0,
+        cycle: 0,
+        variant: None,
+        scheduled_for: 1_767_225_600_000,
+        created_at: 1_767_225_600_000,
+    }
+}
+
+async fn publish(config: &Config, messages: &[OutboundMessage]) {
+    let codec = Codec::new(None);
+    for m in messages {
+        let payload = codec.encode(&config.topics.outbound, m).await.unwrap();
+        produce(
+            config,
+            &config.topics.outbound,
+            Some(&m.lead_ext_id),
+            &payload,
+        )
+        .await;
+    }
+}
+
+async fn deliveries(config: &Config) -> Vec<DeliveryEvent> {
+    let codec = Codec::new(None);
+    let mut out = Vec::new();
+    for m in read_topic(config, &config.topics.deliveries) {
+        let event: DeliveryEvent = codec.decode(&m.payload.unwrap()).await.unwrap();
+        assert_eq!(m.key.as_deref(), Some(event.lead_ext_id.as_bytes()));
+        out.push(event);
+    }
+    out
+}
+
+async fn providers_are_called_as_documented_and_their_answers_honoured<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    let (fake, provider_url) = start_fake().await;
+    let config = notify_config(url, &provider_url);
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    store_leads(
+        store.as_ref(),
+        &config,
+        &[
+            ("L-OK", "ana@example.com", "+15550001", true),
+            ("L-SMS", "sms@example.com", "+15550002", true),
+            ("L-429", "limited@example.com", "+15550003", true),
+            ("L-500", "flaky@example.com", "+15550004", true),
+            ("L-HANG", "hang@example.com", "+15550005", true),
+            ("L-BAD", "bad-address@example", "+15550006", true),
+            ("L-TPL", "bad-template@example.com", "+15550007", true),
+            ("L-NOSMS", "nosms@example.com", "+15550008", false),
+            ("L-BADNUM", "badnum@example.com", "+15559999", true),
+        ],
+    )
+    .await;
+    let ok = message("L-OK", Channel::Email, "ana@example.com", "premium_welcome");
+    let sms = message("L-SMS", Channel::Sms, "+15550002", "high_priority_followup");
+    let limited = message(
+        "L-429",
+        Channel::Email,
+        "limited@example.com",
+        "premium_welcome",
+    );
+    let flaky = message(
+        "L-500",
+        Channel::Email,
+        "flaky@example.com",
+        "premium_welcome",
+    );
+    let hang = message(
+        "L-HANG",
+        Channel::Email,
+        "hang@example.com",
+        "premium_welcome",
+    );
+    let bad = message(
+        "L-BAD",
+        Channel::Email,
+        "bad-address@example",
+        "premium_welcome",
+    );
+    let tpl = message(
+        "L-TPL",
+        Channel::Email,
+        "bad-template@example.com",
+        "premium_welcome",
+    );
+    let unmapped = message(
+        "L-OK",
+        Channel::Email,
+        "ana@example.com",
+        "no_such_template",
+    );
+    let no_consent = message(
+        "L-NOSMS",
+        Channel::Sms,
+        "+15550008",
+        "high_priority_followup",
+    );
+    let erased = message(
+        "L-GONE",
+        Channel::Email,
+        "gone@example.com",
+        "premium_welcome",
+    );
+    let bad_number = message(
+        "L-BADNUM",
+        Channel::Sms,
+        "+15559999",
+        "high_priority_followup",
+    );
+    let mut all = vec![
+        ok.clone(),
+        sms.clone(),
+        limited.clone(),
+        flaky.clone(),
+        hang.clone(),
+        bad.clone(),
+        tpl.clone(),
+        unmapped.clone(),
+        no_consent.clone(),
+        erased.clone(),
+        bad_number.clone(),
+    ];
+    // The same message_id again (an outbox relay repeat): sent once.
+    all.push(ok.clone());
+    publish(&config, &all).await;
+    produce(
+        &config,
+        &config.topics.outbound,
+        Some("L-OK"),
+        b"not a message",
+    )
+    .await;
+
+    let metrics = Arc::new(Metrics::new());
+    let worker = NotifyWorker::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(Codec::new(None)),
+        metrics.clone(),
+    )
+    .unwrap();
+    let summary = worker
+        .run(Some(Duration::from_secs(6)), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.consumed, 13, "{summary:?}");
+
+    let seen = fake.lock().unwrap().seen.clone();
+    let of = |m: &OutboundMessage| -> Vec<Seen> {
+        seen.iter()
+            .filter(|s| s.key == m.message_id || (s.provider == "twilio" && s.key == m.to))
+            .cloned()
+            .collect()
+    };
+
+    // SendGrid v3 mail/send, exactly as documented.
+    let reqs = of(&ok);
+    assert_eq!(reqs.len(), 1, "one request for a message published twice");
+    let r = &reqs[0];
+    assert_eq!(r.path, "/v3/mail/send");
+    assert_eq!(
+        r.headers["authorization"],
+        format!("Bearer {API_KEY}").as_str()
+    );
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["template_id"], "d-welcome");
+    assert_eq!(body["from"]["email"], "hello@leadflow.test");
+    assert_eq!(body["from"]["name"], "Leadflow");
+    let p = &body["personalizations"][0];
+    assert_eq!(p["to"][0]["email"], "ana@example.com");
+    assert_eq!(p["to"][0]["name"], "Ana");
+    assert_eq!(p["dynamic_template_data"]["first_name"], "Ana");
+    assert_eq!(p["dynamic_template_data"]["company"], "Acme");
+    assert_eq!(p["dynamic_template_data"]["lead_ext_id"], "L-OK");
+    assert_eq!(p["custom_args"]["message_id"], ok.message_id.as_str());
+
+    // Twilio Messages: form-encoded, basic auth with the account SID.
+    let reqs = of(&sms);
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.path, format!("/2010-04-01/Accounts/{SID}/Messages.json"));
+    use base64_check::encode as b64;
+    assert_eq!(
+        r.headers["authorization"],
+        format!("Basic {}", b64(&format!("{SID}:{TOKEN}"))).as_str()
+    );
+    assert_eq!(
+        r.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    let form = serde_urlencoded_pairs(&r.body);
+    assert_eq!(form["To"], "+15550002");
+    assert_eq!(form["From"], FROM);
+    assert!(form["Body"].starts_with("Hi Ana, "), "{}", form["Body"]);
+
+    // 429 with Retry-After: 1 — the retry waits at least that long.
+    let reqs = of(&limited);
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    // 500 and a hanging connection: retried, then accepted.
+    assert_eq!(of(&flaky).len(), 2);
+    assert_eq!(of(&hang).len(), 2);
+    // A 400 that will never succeed: one request, no retry.
+    assert_eq!(of(&bad).len(), 1);
+    assert_eq!(of(&tpl).len(), 1);
+    assert_eq!(of(&bad_number).len(), 1);
+    // Dropped before any request: no template id, no consent, erased lead.
+    assert!(of(&unmapped).is_empty());
+    assert!(of(&no_consent).is_empty());
+    assert!(of(&erased).is_empty());
+
+    let events = deliveries(&config).await;
+    let status = |m: &OutboundMessage| -> Vec<(DeliveryStatus, Option<String>, Option<String>)> {
+        events
+            .iter()
+            .filter(|e| e.message_id == m.message_id)
+            .map(|e| (e.status, e.provider_message_id.clone(), e.reason.clone()))
+            .collect()
+    };
+    assert_eq!(
+        status(&ok),
+        vec![(
+            DeliveryStatus::Sent,
+            Some(format!("sg-{}", ok.message_id)),
+            None
+        )]
+    );
+    assert_eq!(status(&sms).len(), 1);
+    assert_eq!(status(&sms)[0].0, DeliveryStatus::Sent);
+    assert!(status(&sms)[0].1.as_deref().unwrap().starts_with("SM"));
+    for m in [&limited, &flaky, &hang] {
+        assert_eq!(status(m).len(), 1, "{}", m.to);
+        assert_eq!(status(m)[0].0, DeliveryStatus::Sent, "{}", m.to);
+    }
+    let bounced = status(&bad);
+    assert_eq!(bounced[0].0, DeliveryStatus::Bounced);
+    assert!(bounced[0]
+        .2
+        .as_deref()
+        .unwrap()
+        .contains("Does not contain a valid address"));
+    assert_eq!(status(&bad_number)[0].0, DeliveryStatus::Bounced);
+    assert!(status(&bad_number)[0]
+        .2
+        .as_deref()
+        .unwrap()
+        .contains("21211"));
+    let failed = status(&tpl);
+    assert_eq!(failed[0].0, DeliveryStatus::Failed);
+    assert!(failed[0]
+        .2
+        .as_deref()
+        .unwrap()
+        .contains("template_id must be a valid GUID"));
+    assert!(status(&unmapped)[0]
+        .2
+        .as_deref()
+        .unwrap()
+        .contains("no SendGrid template id for `no_such_template`"));
+    assert_eq!(
+        status(&no_consent)[0].2.as_deref(),
+        Some("dropped: no sms consent on record")
+    );
+    assert_eq!(
+        status(&erased)[0].2.as_deref(),
+        Some("dropped: lead not found (erased)")
+    );
+    // Every DeliveryEvent id is deterministic: one per message and outcome.
+    let ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids.len(), events.len());
+    assert_eq!(events.len(), 11, "one report per distinct message");
+
+    // Dead letters: the four rejections, the unmapped template and the garbage.
+    let dead = read_dead_letters(&config);
+    let kinds: Vec<&str> = dead.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "delivery_failed").count(),
+        4,
+        "{dead:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "invalid_message").count(),
+        1,
+        "{dead:?}"
+    );
+
+    assert_eq!(metrics.notify_dedupe_hits.get(), 1);
+    let retries: u64 = ["premium_welcome"]
+        .iter()
+        .map(|t| {
+            metrics
+                .notify_retries
+                .with_label_values(&["email", t])
+                .get()
+        })
+        .sum();
+    assert_eq!(retries, 3, "429, 500 and the hang were retried once each");
+    let rendered = metrics.render();
+    assert!(rendered.contains("leadflow_notify_provider_request_seconds_bucket"));
+    assert!(rendered.contains(r#"leadflow_notify_messages_total{channel="email",outcome="bounced",template="premium_welcome"} 1"#), "{rendered}");
+}
+
+backend_tests!(providers_are_called_as_documented_and_their_answers_honoured);
+
+/// Standard base64 for the expected Authorization header, written out so
+/// the test does not trust the client's own encoder.
+mod base64_check {
+    pub fn encode(s: &str) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = (chunk[0] as u32) << 16
+                | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+                | *chunk.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_rfc_4648() {
+        assert_eq!(encode("foobar"), "Zm9vYmFy");
+        assert_eq!(encode("fooba"), "Zm9vYmE=");
+        assert_eq!(encode("foob"), "Zm9vYg==");
+    }
+}
