@@ -59,7 +59,7 @@ run: build broker topics
 test: broker postgres
 	@# The benchmark's smoke run first (cargo test passes no --bench), so
 	@# that the test suite's own summary closes the output.
-	$(CARGO) test --bench throughput --bench models --bench nurture
+	$(CARGO) test --bench throughput --bench models --bench nurture --bench notify
 	$(CARGO) test --lib --bins --tests -- --test-threads 4
 
 # Python side of the model benchmark: scikit-learn and LightGBM in a venv of
@@ -74,6 +74,7 @@ $(BENCH_VENV)/.installed:
 bench: broker postgres $(BENCH_VENV)/.installed
 	$(CARGO) bench --bench throughput
 	$(CARGO) bench --bench nurture
+	$(CARGO) bench --bench notify
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python LEADFLOW_BENCH_GBC_MAX_ROWS=$(BENCH_GBC_MAX_ROWS) \
 		$(CARGO) bench --bench models -- --rows $(BENCH_MODEL_ROWS)
 

@@ -384,6 +384,11 @@ pub trait LeadStore: Send + Sync {
         outcome: &DeliveryOutcome<'_>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    fn delivery_record(
+        &self,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<DeliveryRecord>, StoreError>> + Send;
+
     /// Notes that the DeliveryEvent of a finished message was published.
     fn mark_delivery_reported(
         &self,
@@ -933,6 +938,18 @@ macro_rules! impl_sql_store {
                 Ok(updated == 1)
             }
 
+            async fn delivery_record(
+                &self,
+                message_id: &str,
+            ) -> Result<Option<DeliveryRecord>, StoreError> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1"
+                ))
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
             async fn mark_delivery_reported(&self, message_id: &str) -> Result<(), StoreError> {
                 sqlx::query("UPDATE deliveries SET reported = TRUE WHERE message_id = $1")
                     .bind(message_id)
@@ -1117,6 +1134,13 @@ impl LeadStore for Store {
 
     async fn finish_delivery(&self, outcome: &DeliveryOutcome<'_>) -> Result<bool, StoreError> {
         delegate!(self, s => s.finish_delivery(outcome))
+    }
+
+    async fn delivery_record(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        delegate!(self, s => s.delivery_record(message_id))
     }
 
     async fn mark_delivery_reported(&self, message_id: &str) -> Result<(), StoreError> {

@@ -616,3 +616,128 @@ mod base64_check {
         assert_eq!(encode("foob"), "Zm9vYg==");
     }
 }
+
+/// SIGKILL the worker process mid-stream, several times: every message is
+/// accepted by the provider exactly once. Each kill happens outside the
+/// documented window (provider accepted, outcome not yet recorded): the
+/// fake provider stops accepting, and the test waits until every accepted
+/// message is recorded before it kills.
+async fn sigkill_mid_stream_sends_every_message_once<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    const MESSAGES: usize = 300;
+    let (fake, provider_url) = start_fake().await;
+    fake.lock().unwrap().latency = Duration::from_millis(10);
+    let mut config = notify_config(url, &provider_url);
+    // Refusals while the test holds the provider must not exhaust retries.
+    config.notify.retry.max_attempts = 1_000;
+    config.notify.sendgrid.rate_per_second = 150;
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    let leads: Vec<(String, String)> = (0..MESSAGES)
+        .map(|i| (format!("K-{i:04}"), format!("lead{i}@example.com")))
+        .collect();
+    let rows: Vec<(&str, &str, &str, bool)> = leads
+        .iter()
+        .map(|(id, email)| (id.as_str(), email.as_str(), "+15550100", true))
+        .collect();
+    store_leads(store.as_ref(), &config, &rows).await;
+    let messages: Vec<OutboundMessage> = leads
+        .iter()
+        .map(|(id, email)| message(id, Channel::Email, email, "premium_welcome"))
+        .collect();
+    publish(&config, &messages).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("leadflow.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let spawn = |idle: Option<u64>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_leadflow"));
+        cmd.arg("-c").arg(&config_file).arg("notify");
+        if let Some(idle) = idle {
+            cmd.arg("--exit-when-idle").arg(idle.to_string());
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("worker.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let accepted = |fake: &Fake| -> BTreeSet<String> {
+        let p = fake.lock().unwrap();
+        p.seen
+            .iter()
+            .filter(|s| s.accepted)
+            .map(|s| s.key.clone())
+            .collect()
+    };
+
+    for round in 1..=3 {
+        let mut child = spawn(None);
+        let target = round * MESSAGES / 4;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while accepted(&fake).len() < target {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: stuck at {} accepted",
+                accepted(&fake).len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Close the window: no new acceptances, none being answered, and
+        // every accepted message recorded.
+        fake.lock().unwrap().refusing = true;
+        while fake.lock().unwrap().answering > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for id in accepted(&fake) {
+            loop {
+                let record = store.delivery_record(&id).await.unwrap();
+                if record.is_some_and(|r| r.status == "sent") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        fake.lock().unwrap().refusing = false;
+    }
+    let mut child = spawn(Some(10));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "the last worker failed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the last worker did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let seen = fake.lock().unwrap().seen.clone();
+    let mut accepted_per_id: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in seen.iter().filter(|s| s.accepted) {
+        *accepted_per_id.entry(s.key.as_str()).or_default() += 1;
+    }
+    let expected: BTreeSet<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(
+        accepted_per_id.keys().copied().collect::<BTreeSet<_>>(),
+        expected
+    );
+    let repeated: Vec<_> = accepted_per_id.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(repeated.is_empty(), "accepted more than once: {repeated:?}");
+    let sent: BTreeSet<String> = deliveries(&config)
+        .await
+        .into_iter()
+        .filter(|e| e.status == DeliveryStatus::Sent)
+        .map(|e| e.message_id)
+        .collect();
+    assert_eq!(sent.len(), MESSAGES, "a Sent report for every message");
+    // Refused requests (503 while the test held the provider) were retried:
+    // the kills really fell mid-stream.
+    assert!(
+        seen.iter().any(|s| !s.accepted),
+        "no request was ever refused"
+    );
+}
+
+backend_tests!(sigkill_mid_stream_sends_every_message_once);

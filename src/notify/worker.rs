@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{dead_letter, wall_clock_millis, RawMessage, Rejection};
 use crate::store::{DeliveryClaim, DeliveryOutcome, DeliveryRecord, LeadStore, StoreError};
 
-use super::limiter::SlidingWindowLimiter;
+use super::limiter::RateLimiter;
 use super::providers::{Receipt, SendError, SendGrid, Twilio, SENDGRID, TWILIO};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,9 @@ enum Handled {
     Invalid,
 }
 
+/// See `NotifyWorker::new`: the rate limit's window is one second plus this.
+const RATE_GUARD_MS: u64 = 20;
+
 struct Shared<S> {
     config: Config,
     store: Arc<S>,
@@ -84,8 +87,8 @@ struct Shared<S> {
     metrics: Arc<Metrics>,
     sendgrid: SendGrid,
     twilio: Twilio,
-    email_limit: Mutex<SlidingWindowLimiter>,
-    sms_limit: Mutex<SlidingWindowLimiter>,
+    email_limit: Mutex<RateLimiter>,
+    sms_limit: Mutex<RateLimiter>,
     origin: Instant,
     /// This process (a restarted worker is a new one); each claim is
     /// `owner:n`, so two copies of a message in one process exclude each
@@ -120,16 +123,19 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
         metrics: Arc<Metrics>,
     ) -> Result<Self, NotifyError> {
         let timeout = Duration::from_millis(config.notify.request_timeout_ms);
-        let second = Duration::from_secs(1);
+        // Providers count requests by arrival; a small guard on the window
+        // keeps network jitter from pushing two paced requests into one
+        // provider second.
+        let second = Duration::from_millis(1_000 + RATE_GUARD_MS);
         let shared = Shared {
             producer: SharedProducer::new(&config.kafka)?,
             sendgrid: SendGrid::new(config.notify.sendgrid.clone(), timeout)?,
             twilio: Twilio::new(config.notify.twilio.clone(), timeout)?,
-            email_limit: Mutex::new(SlidingWindowLimiter::new(
+            email_limit: Mutex::new(RateLimiter::new(
                 config.notify.sendgrid.rate_per_second,
                 second,
             )),
-            sms_limit: Mutex::new(SlidingWindowLimiter::new(
+            sms_limit: Mutex::new(RateLimiter::new(
                 config.notify.twilio.rate_per_second,
                 second,
             )),
@@ -281,13 +287,13 @@ fn commit(
     let mut moved = Vec::new();
     for (partition, p) in progress.iter() {
         let offset = p.committable();
-        if assigned.contains(partition) && p.committed != Some(offset) {
-            if tpl
+        if assigned.contains(partition)
+            && p.committed != Some(offset)
+            && tpl
                 .add_partition_offset(topic, *partition, Offset::Offset(offset))
                 .is_ok()
-            {
-                moved.push((*partition, offset));
-            }
+        {
+            moved.push((*partition, offset));
         }
     }
     if moved.is_empty() {
@@ -505,9 +511,39 @@ impl<S: LeadStore + 'static> Shared<S> {
             Channel::Email => &self.email_limit,
             Channel::Sms => &self.sms_limit,
         };
+        let rate = match message.channel {
+            Channel::Email => self.config.notify.sendgrid.rate_per_second,
+            Channel::Sms => self.config.notify.twilio.rate_per_second,
+        };
+        // The longest this message can queue for its slot: every other
+        // message in flight ahead of it.
+        let queue_ms = self.config.notify.max_in_flight as i64 * (1_000 + RATE_GUARD_MS) as i64
+            / rate.max(1) as i64;
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Renew the claim before each request: a backoff must not let
+            // the lease run out. (Before the limiter's slot, so that the
+            // request leaves at its slot.)
+            let claim = DeliveryClaim {
+                message_id: &message.message_id,
+                lead_ext_id: &message.lead_ext_id,
+                channel,
+                template: &message.template,
+                recipient_hash: hash,
+                owner,
+                now: wall_clock_millis(),
+                lease_ms: self.config.notify.claim_lease_ms as i64 + queue_ms,
+            };
+            let held = self
+                .retry_store("claim renewal", || self.store.claim_delivery(&claim))
+                .await;
+            if held.owner != owner || held.status != "sending" {
+                return Err((
+                    SendError::Transient("the claim passed to another worker".into()),
+                    attempt - 1,
+                ));
+            }
             let now = self.now();
             let slot = limiter.lock().expect("limiter lock").reserve(now);
             if slot > now {
@@ -520,27 +556,6 @@ impl<S: LeadStore + 'static> Shared<S> {
                     .with_label_values(&[channel])
                     .inc_by((slot - now).as_secs_f64());
                 tokio::time::sleep_until(self.origin + slot).await;
-            }
-            // Renew the claim right before the request: a long wait for
-            // the limiter or a backoff must not let the lease run out.
-            let claim = DeliveryClaim {
-                message_id: &message.message_id,
-                lead_ext_id: &message.lead_ext_id,
-                channel,
-                template: &message.template,
-                recipient_hash: hash,
-                owner,
-                now: wall_clock_millis(),
-                lease_ms: self.config.notify.claim_lease_ms as i64,
-            };
-            let held = self
-                .retry_store("claim renewal", || self.store.claim_delivery(&claim))
-                .await;
-            if held.owner != owner || held.status != "sending" {
-                return Err((
-                    SendError::Transient("the claim passed to another worker".into()),
-                    attempt - 1,
-                ));
             }
             let (provider, started) = match message.channel {
                 Channel::Email => (SENDGRID, std::time::Instant::now()),
