@@ -9,6 +9,9 @@
 //! `make bench` runs it (about 100 s); `cargo test --bench notify` sends 300.
 //! BENCH_NOTIFY_MESSAGES and BENCH_NOTIFY_RATE change the figures.
 
+mod common;
+
+use common::env_or;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,17 +26,6 @@ use leadflow::lead::{ChannelConsent, LeadState};
 use leadflow::metrics::Metrics;
 use leadflow::notify::worker::NotifyWorker;
 use leadflow::store::{BatchWrite, LeadStore, LeadWrite, SqliteStore};
-
-fn env_or(name: &str, measuring: u64, smoke: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            measuring
-        } else {
-            smoke
-        })
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -6,6 +6,9 @@
 //! `make bench` runs it; BENCH_NURTURE_LEADS and BENCH_NURTURE_DAYS set the
 //! size. `cargo test --bench nurture` does a small smoke run.
 
+mod common;
+
+use common::env_or;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -15,17 +18,6 @@ use leadflow::nurture::experiments::report;
 use leadflow::pipeline::replay::replay;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, SqliteStore};
-
-fn env_or(name: &str, measuring: u32, smoke: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            measuring
-        } else {
-            smoke
-        })
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

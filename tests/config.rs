@@ -187,6 +187,55 @@ fn the_binary_refuses_a_bad_config_file_at_start_up() {
 }
 
 #[test]
+fn notify_refuses_to_start_without_provider_credentials() {
+    let (ok, text) = leadflow(
+        &["notify"],
+        &[
+            ("SENDGRID_API_KEY", ""),
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_AUTH_TOKEN", "t"),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("notify.sendgrid.api_key") && text.contains("SENDGRID_API_KEY"),
+        "{text}"
+    );
+    let (ok, text) = leadflow(
+        &["notify"],
+        &[
+            ("SENDGRID_API_KEY", "SG.x"),
+            ("LEADFLOW__NOTIFY__SENDGRID__FROM_EMAIL", "a@b.c"),
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("LEADFLOW__NOTIFY__TWILIO__FROM", "\"+15550000\""),
+            ("LEADFLOW__NOTIFY__SENDGRID__RATE_PER_SECOND", "0"),
+        ],
+    );
+    assert!(!ok);
+    assert!(text.contains("notify.sendgrid.rate_per_second"), "{text}");
+    let (ok, text) = leadflow(
+        &["notify"],
+        &[
+            ("SENDGRID_API_KEY", "SG.x"),
+            ("LEADFLOW__NOTIFY__SENDGRID__FROM_EMAIL", "a@b.c"),
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("LEADFLOW__NOTIFY__TWILIO__FROM", "\"+15550000\""),
+            (
+                "LEADFLOW__NOTIFY__TWILIO__TEMPLATES__HELLO",
+                "Hi {{first name}}",
+            ),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("notify.twilio.templates.hello") && text.contains("not a field name"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_binary_refuses_a_bad_sequences_file_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -279,6 +328,7 @@ fn every_subcommand_has_help() {
         &["leads", "--help"],
         &["leads", "list", "--help"],
         &["experiments", "--help"],
+        &["notify", "--help"],
     ] {
         let (ok, text) = leadflow(args, &[]);
         assert!(ok, "{args:?}: {text}");

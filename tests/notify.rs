@@ -741,3 +741,127 @@ async fn sigkill_mid_stream_sends_every_message_once<S: LeadStore + 'static>(
 }
 
 backend_tests!(sigkill_mid_stream_sends_every_message_once);
+
+/// The whole loop: the processor fires a nurturing step, the worker sends
+/// it, and its DeliveryEvent comes back to the processor and updates the lead.
+async fn a_processor_message_is_sent_and_its_delivery_reaches_the_lead<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    use leadflow::events::{
+        Consent, InputEvent, InteractionEvent, InteractionKind, LeadEvent, LeadEventKind,
+    };
+    const DAY: i64 = 86_400_000;
+    let now = leadflow::pipeline::wall_clock_millis();
+    let t0 = now - 3 * DAY;
+    let (fake, provider_url) = start_fake().await;
+    let mut config = notify_config(url, &provider_url);
+    // Every email template of the built-in sequences.
+    for template in [
+        "premium_welcome",
+        "premium_value_prop",
+        "premium_case_study",
+        "premium_demo_request",
+        "high_priority_welcome",
+        "high_priority_benefits",
+        "standard_welcome",
+        "standard_product_overview",
+        "standard_customer_story",
+        "standard_checkin",
+        "low_welcome",
+        "low_newsletter",
+        "reactivation_checkin",
+        "reactivation_last_chance",
+    ] {
+        config
+            .notify
+            .sendgrid
+            .templates
+            .insert(template.into(), format!("d-{template}"));
+    }
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    let lead = "E2E-1";
+    let events = vec![
+        InputEvent::Lead(LeadEvent {
+            event_id: "e2e-created".into(),
+            lead_ext_id: lead.into(),
+            kind: LeadEventKind::Created,
+            occurred_at: t0,
+            email: Some("e2e@example.com".into()),
+            phone: None,
+            first_name: Some("Eva".into()),
+            last_name: None,
+            company: Some("Acme".into()),
+            source: Some("referral".into()),
+            owner: Some("rep-1".into()),
+            estimated_value: Some(50_000.0),
+            probability: Some(0.5),
+            initial_score: Some(90.0),
+            consent: Some(Consent {
+                email: Some(true),
+                sms: None,
+                recorded_at: t0,
+                source: "form".into(),
+            }),
+            timezone: Some("Europe/Madrid".into()),
+            attributes: BTreeMap::new(),
+        }),
+        // A minute ago: the partition's event-time clock passes the day-1
+        // step (a web visit neither pauses nor counts as contact).
+        InputEvent::Interaction(InteractionEvent {
+            event_id: "e2e-visit".into(),
+            lead_ext_id: lead.into(),
+            occurred_at: now - 60_000,
+            kind: InteractionKind::WebVisit,
+            channel: Some("web".into()),
+            actor: None,
+            attributes: BTreeMap::new(),
+        }),
+    ];
+    leadflow::kafka::publish_inputs(
+        &config,
+        &Codec::new(None),
+        &events,
+        leadflow::kafka::InputFormat::Avro,
+        0,
+    )
+    .await
+    .unwrap();
+
+    let (pipeline, _) = spawn_pipeline(&config, store.clone(), Duration::from_secs(12));
+    let worker = NotifyWorker::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(Codec::new(None)),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let summary = worker
+        .run(Some(Duration::from_secs(10)), std::future::pending())
+        .await
+        .unwrap();
+    pipeline.await.unwrap().unwrap();
+
+    // The worker stamps its reports with the wall clock, which moves the
+    // processor's event-time clock to now: the lead's events are recent.
+    assert_eq!(summary.failed, 0, "{:?}", read_dead_letters(&config));
+    assert!(summary.sent >= 1, "{summary:?}");
+    let seen = fake.lock().unwrap().seen.clone();
+    assert_eq!(seen.len() as u64, summary.sent);
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    let p = &body["personalizations"][0];
+    assert_eq!(p["to"][0]["email"], "e2e@example.com");
+    assert_eq!(p["dynamic_template_data"]["first_name"], "Eva");
+    assert!(
+        body["template_id"].as_str().unwrap().ends_with("_welcome"),
+        "{body}"
+    );
+    let state = store.get_lead(lead).await.unwrap().unwrap();
+    assert!(
+        state.nurture.last_delivered_at.is_some(),
+        "the processor applied the worker's DeliveryEvent: {:?}",
+        state.nurture
+    );
+}
+
+backend_tests!(a_processor_message_is_sent_and_its_delivery_reaches_the_lead);

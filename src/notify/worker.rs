@@ -405,14 +405,14 @@ impl<S: LeadStore + 'static> Shared<S> {
         let kept = self
             .retry_store("record", || self.store.finish_delivery(&outcome))
             .await;
-        self.metrics
-            .notify_messages
-            .with_label_values(&[message.channel.as_str(), &message.template, status])
-            .inc();
         if !kept {
             warn!(message_id = %message.message_id, "claim lost to another worker before the outcome was recorded");
             return Handled::ClaimLost;
         }
+        self.metrics
+            .notify_messages
+            .with_label_values(&[message.channel.as_str(), &message.template, status])
+            .inc();
         let record = DeliveryRecord {
             message_id: message.message_id.clone(),
             lead_ext_id: message.lead_ext_id.clone(),
