@@ -4,9 +4,12 @@
 //! Overrides, applied in this order on top of the file:
 //! - `LEADFLOW__<SECTION>__<KEY>=value` sets any key (`__` separates path
 //!   segments; the value is read as a TOML value when it parses as one, else
-//!   as a string), e.g. `LEADFLOW__KAFKA__GROUP_ID=leadflow-eu`.
+//!   as a string, and taken as typed for a key that holds a string), e.g.
+//!   `LEADFLOW__KAFKA__GROUP_ID=leadflow-eu`.
 //! - `DATABASE_URL` sets `database.url`; `KAFKA_BOOTSTRAP_SERVERS` sets
-//!   `kafka.bootstrap_servers` (the names operators already use).
+//!   `kafka.bootstrap_servers`; `SENDGRID_API_KEY`, `TWILIO_ACCOUNT_SID` and
+//!   `TWILIO_AUTH_TOKEN` set the delivery worker's credentials (the names
+//!   operators already use).
 //!
 //! Every error names the key and the reason, so start-up stops with a message
 //! the operator can act on.
@@ -309,7 +312,7 @@ impl Config {
                 message: e.to_string(),
             })?;
             for o in &overrides {
-                set_path(&mut tree, &o.path, o.value.clone()).map_err(|reason| {
+                set_path(&mut tree, &o.path, o.value.clone(), &o.raw).map_err(|reason| {
                     ConfigError::Env {
                         var: o.var.clone(),
                         key: o.path.join("."),
@@ -492,6 +495,8 @@ struct Override {
     var: String,
     path: Vec<String>,
     value: toml::Value,
+    /// The variable's text, for a key that holds a string.
+    raw: String,
 }
 
 fn env_overrides(vars: &[(String, String)]) -> Vec<Override> {
@@ -514,6 +519,7 @@ fn env_overrides(vars: &[(String, String)]) -> Vec<Override> {
                 var: var.to_string(),
                 path: value.split('.').map(str::to_string).collect(),
                 value: toml::Value::String(v.clone()),
+                raw: v.clone(),
             });
         }
     }
@@ -526,6 +532,7 @@ fn env_overrides(vars: &[(String, String)]) -> Vec<Override> {
             var: var.clone(),
             path,
             value: parse_env_value(raw),
+            raw: raw.clone(),
         });
     }
     out
@@ -538,7 +545,12 @@ fn parse_env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
-fn set_path(tree: &mut toml::Value, path: &[String], value: toml::Value) -> Result<(), String> {
+fn set_path(
+    tree: &mut toml::Value,
+    path: &[String],
+    value: toml::Value,
+    raw: &str,
+) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty key")?;
     let mut node = tree;
     for segment in parents {
@@ -555,6 +567,12 @@ fn set_path(tree: &mut toml::Value, path: &[String], value: toml::Value) -> Resu
         .ok_or_else(|| format!("`{}` is not a table", parents.join(".")))?;
     // A string for a key that holds a number in the defaults is kept as the
     // string the user typed, so the type error below quotes it verbatim.
+    // The other way round, a key that holds a string takes the text as
+    // typed: `+15550000` is a phone number there, not an integer.
+    let value = match table.get(last) {
+        Some(toml::Value::String(_)) if !value.is_str() => toml::Value::String(raw.to_string()),
+        _ => value,
+    };
     table.insert(last.clone(), value);
     Ok(())
 }

@@ -122,10 +122,15 @@ fn environment_overrides_apply_on_top_of_the_file() {
             ("LEADFLOW__KAFKA__GROUP_ID", "from-env"),
             ("LEADFLOW__PROCESSOR__BATCH_SIZE", "250"),
             ("LEADFLOW__SCORING__RULES__SOURCE_WEIGHTS__WEBINAR", "12.5"),
+            // A string key takes the text as typed, though it reads as a number.
+            ("LEADFLOW__NOTIFY__TWILIO__FROM", "+15550000"),
+            ("LEADFLOW__NOTIFY__SENDGRID__FROM_NAME", "2026"),
             ("UNRELATED", "ignored"),
         ],
     )
     .unwrap();
+    assert_eq!(c.notify.twilio.from, "+15550000");
+    assert_eq!(c.notify.sendgrid.from_name, "2026");
     assert_eq!(c.database.url, "postgres://u@db:5432/leads");
     assert_eq!(c.kafka.bootstrap_servers, "broker-1:9092,broker-2:9092");
     assert_eq!(c.kafka.group_id, "from-env");
@@ -208,7 +213,7 @@ fn notify_refuses_to_start_without_provider_credentials() {
             ("LEADFLOW__NOTIFY__SENDGRID__FROM_EMAIL", "a@b.c"),
             ("TWILIO_ACCOUNT_SID", "AC1"),
             ("TWILIO_AUTH_TOKEN", "t"),
-            ("LEADFLOW__NOTIFY__TWILIO__FROM", "\"+15550000\""),
+            ("LEADFLOW__NOTIFY__TWILIO__FROM", "+15550000"),
             ("LEADFLOW__NOTIFY__SENDGRID__RATE_PER_SECOND", "0"),
         ],
     );
@@ -221,7 +226,7 @@ fn notify_refuses_to_start_without_provider_credentials() {
             ("LEADFLOW__NOTIFY__SENDGRID__FROM_EMAIL", "a@b.c"),
             ("TWILIO_ACCOUNT_SID", "AC1"),
             ("TWILIO_AUTH_TOKEN", "t"),
-            ("LEADFLOW__NOTIFY__TWILIO__FROM", "\"+15550000\""),
+            ("LEADFLOW__NOTIFY__TWILIO__FROM", "+15550000"),
             (
                 "LEADFLOW__NOTIFY__TWILIO__TEMPLATES__HELLO",
                 "Hi {{first name}}",
