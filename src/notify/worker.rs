@@ -343,18 +343,13 @@ impl<S: LeadStore + 'static> Shared<S> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let owner = format!("{}:{n}", self.owner);
         let record = loop {
-            let claim = DeliveryClaim {
-                message_id: &message.message_id,
-                lead_ext_id: &message.lead_ext_id,
-                channel: message.channel.as_str(),
-                template: &message.template,
-                recipient_hash: &hash,
-                owner: &owner,
-                now: wall_clock_millis(),
-                lease_ms: self.config.notify.claim_lease_ms as i64,
-            };
             let record = self
-                .retry_store("claim", || self.store.claim_delivery(&claim))
+                .claim(
+                    &message,
+                    &hash,
+                    &owner,
+                    self.config.notify.claim_lease_ms as i64,
+                )
                 .await;
             if record.status != "sending" || record.owner == owner {
                 break record;
@@ -452,6 +447,29 @@ impl<S: LeadStore + 'static> Shared<S> {
         }
     }
 
+    /// Takes or renews `owner`'s claim on the message for `lease_ms` and
+    /// returns the record as it stands after (see `LeadStore::claim_delivery`).
+    async fn claim(
+        &self,
+        message: &OutboundMessage,
+        hash: &str,
+        owner: &str,
+        lease_ms: i64,
+    ) -> DeliveryRecord {
+        let claim = DeliveryClaim {
+            message_id: &message.message_id,
+            lead_ext_id: &message.lead_ext_id,
+            channel: message.channel.as_str(),
+            template: &message.template,
+            recipient_hash: hash,
+            owner,
+            now: wall_clock_millis(),
+            lease_ms,
+        };
+        self.retry_store("claim", || self.store.claim_delivery(&claim))
+            .await
+    }
+
     async fn decode(&self, raw: &RawMessage) -> Result<OutboundMessage, String> {
         let payload = raw.payload.as_deref().ok_or("empty payload")?;
         let message: OutboundMessage = self
@@ -525,18 +543,13 @@ impl<S: LeadStore + 'static> Shared<S> {
             // Renew the claim before each request: a backoff must not let
             // the lease run out. (Before the limiter's slot, so that the
             // request leaves at its slot.)
-            let claim = DeliveryClaim {
-                message_id: &message.message_id,
-                lead_ext_id: &message.lead_ext_id,
-                channel,
-                template: &message.template,
-                recipient_hash: hash,
-                owner,
-                now: wall_clock_millis(),
-                lease_ms: self.config.notify.claim_lease_ms as i64 + queue_ms,
-            };
             let held = self
-                .retry_store("claim renewal", || self.store.claim_delivery(&claim))
+                .claim(
+                    message,
+                    hash,
+                    owner,
+                    self.config.notify.claim_lease_ms as i64 + queue_ms,
+                )
                 .await;
             if held.owner != owner || held.status != "sending" {
                 return Err((
