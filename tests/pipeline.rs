@@ -14,7 +14,7 @@ use leadflow::config::Config;
 use leadflow::events::{InputEvent, InteractionKind, Millis, Stage};
 use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
-use leadflow::pipeline::{Pipeline, PipelineError, RunOptions, RunSummary};
+use leadflow::pipeline::{dlq_headers, Pipeline, PipelineError, RunOptions, RunSummary};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
 
@@ -369,6 +369,8 @@ async fn mostly_bad_input_stops_the_processor<S: LeadStore + 'static>(store: Arc
     let mut config = test_config(url);
     config.processor.dead_letter_window = 20;
     config.processor.dead_letter_max_ratio = 0.5;
+    // Small batches: some end before the budget runs out, one trips it.
+    config.processor.batch_size = 4;
     kafka::create_topics(&config).await.unwrap();
     for i in 0..40 {
         produce(
@@ -392,13 +394,39 @@ async fn mostly_bad_input_stops_the_processor<S: LeadStore + 'static>(store: Arc
         "{err}"
     );
     assert!(err.to_string().contains("unknown_format"), "{err}");
-    // What was consumed before the stop is not committed: a fixed deploy
-    // starts again from the first bad message.
-    assert!(store
+    // Batches that ended before the budget ran out were dead-lettered and
+    // committed; the batch that tripped it (the 11th bad message and at most
+    // three before it) is not, so a fixed deploy starts again at that batch.
+    // Every committed offset lies behind a dead letter.
+    let committed = store
         .partition_offsets(&config.kafka.group_id)
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    let committed_total: i64 = committed.iter().map(|o| o.next_offset).sum();
+    assert!(
+        (7..=10).contains(&committed_total),
+        "committed {committed:?}"
+    );
+    let dead_lettered: BTreeSet<(i32, i64)> = common::read_topic(&config, &config.topics.dlq)
+        .into_iter()
+        .map(|m| {
+            let header = |name: &str| m.header(name).unwrap().parse::<i64>().unwrap();
+            (
+                header(dlq_headers::SOURCE_PARTITION) as i32,
+                header(dlq_headers::SOURCE_OFFSET),
+            )
+        })
+        .collect();
+    for o in &committed {
+        assert_eq!(o.topic, config.topics.leads);
+        for offset in 0..o.next_offset {
+            assert!(
+                dead_lettered.contains(&(o.partition, offset)),
+                "offset {offset} of partition {} committed without a dead letter",
+                o.partition
+            );
+        }
+    }
 }
 
 backend_tests!(

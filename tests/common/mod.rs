@@ -164,6 +164,16 @@ pub struct TopicMessage {
     pub headers: Vec<(String, String)>,
 }
 
+impl TopicMessage {
+    /// The value of header `name`, if the message carries it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
 pub fn read_topic(config: &Config, topic: &str) -> Vec<TopicMessage> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
@@ -261,13 +271,11 @@ pub async fn published_messages(config: &Config) -> Vec<leadflow::events::Outbou
     let mut out = Vec::new();
     for m in read_topic(config, &config.topics.outbound) {
         let message: leadflow::events::OutboundMessage =
-            codec.decode(&m.payload.unwrap()).await.unwrap();
-        let header = m
-            .headers
-            .iter()
-            .find(|(k, _)| k == "leadflow.output.id")
-            .map(|(_, v)| v.clone());
-        assert_eq!(header.as_deref(), Some(message.message_id.as_str()));
+            codec.decode(m.payload.as_deref().unwrap()).await.unwrap();
+        assert_eq!(
+            m.header("leadflow.output.id"),
+            Some(message.message_id.as_str())
+        );
         assert_eq!(m.key.as_deref(), Some(message.lead_ext_id.as_bytes()));
         out.push(message);
     }
@@ -279,14 +287,10 @@ pub async fn published_score_ids(config: &Config) -> Vec<String> {
     let codec = leadflow::codec::Codec::new(None);
     let mut ids = Vec::new();
     for m in read_topic(config, &config.topics.scores) {
-        let score: leadflow::events::LeadScore = codec.decode(&m.payload.unwrap()).await.unwrap();
-        let header = m
-            .headers
-            .iter()
-            .find(|(k, _)| k == "leadflow.output.id")
-            .map(|(_, v)| v.clone());
+        let score: leadflow::events::LeadScore =
+            codec.decode(m.payload.as_deref().unwrap()).await.unwrap();
         assert_eq!(
-            header.as_deref(),
+            m.header("leadflow.output.id"),
             Some(score.score_id.as_str()),
             "output id header"
         );
@@ -425,11 +429,9 @@ pub fn read_dead_letters(config: &Config) -> Vec<(String, String, String)> {
         .into_iter()
         .map(|m| {
             let h = |k: &str| {
-                m.headers
-                    .iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap()
+                m.header(k)
+                    .expect("dead letters carry every header")
+                    .to_string()
             };
             (
                 h(dlq_headers::SOURCE_TOPIC),
