@@ -21,8 +21,8 @@ use leadflow::config::Config;
 use leadflow::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
 use leadflow::lead::{ChannelConsent, LeadState};
 use leadflow::metrics::Metrics;
-use leadflow::notify::worker::NotifyWorker;
-use leadflow::store::{BatchWrite, LeadStore, LeadWrite};
+use leadflow::notify::worker::{NotifyError, NotifyWorker};
+use leadflow::store::{BatchWrite, LeadStore, LeadWrite, StoreError};
 
 const API_KEY: &str = "SG.test-key";
 const SID: &str = "AC0123456789";
@@ -616,6 +616,89 @@ mod base64_check {
         assert_eq!(encode("foob"), "Zm9vYg==");
     }
 }
+
+/// A store error that is no outage (here a lead whose stored state does not
+/// decode) stops the worker with that error instead of retrying it
+/// forever: nothing is sent for the message and no commit passes it. Once
+/// the row is repaired, the next run picks the message up again and sends
+/// it, once.
+async fn a_store_defect_stops_the_worker_without_losing_the_message<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    let (fake, provider_url) = start_fake().await;
+    let mut config = notify_config(url, &provider_url);
+    // The second run takes over the stopped run's claim once it lapses.
+    config.notify.claim_lease_ms = 1_000;
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    let leads = [
+        ("L-OK", "ana@example.com", "+15550001", true),
+        ("L-DAMAGED", "damaged@example.com", "+15550002", true),
+    ];
+    store_leads(store.as_ref(), &config, &leads).await;
+    execute_sql(
+        url,
+        "UPDATE leads SET state = '{not json' WHERE lead_ext_id = 'L-DAMAGED'",
+    )
+    .await;
+    let ok = message("L-OK", Channel::Email, "ana@example.com", "premium_welcome");
+    let damaged = message(
+        "L-DAMAGED",
+        Channel::Email,
+        "damaged@example.com",
+        "premium_welcome",
+    );
+    publish(&config, &[ok.clone(), damaged.clone()]).await;
+    let worker = || {
+        NotifyWorker::new(
+            config.clone(),
+            store.clone(),
+            Arc::new(Codec::new(None)),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+    };
+    let accepted = |m: &OutboundMessage| {
+        fake.lock()
+            .unwrap()
+            .seen
+            .iter()
+            .filter(|s| s.key == m.message_id && s.accepted)
+            .count()
+    };
+
+    // Bounded so that a worker retrying the defect forever fails the test
+    // instead of hanging it.
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        worker().run(Some(Duration::from_secs(6)), std::future::pending()),
+    )
+    .await
+    .expect("the worker stops on a store defect")
+    .unwrap_err();
+    assert!(
+        matches!(&err, NotifyError::Store(StoreError::Corrupt { lead, .. }) if lead == "L-DAMAGED"),
+        "{err}"
+    );
+    assert_eq!(accepted(&damaged), 0, "nothing sent for the damaged lead");
+
+    store_leads(store.as_ref(), &config, &leads[1..]).await;
+    worker()
+        .run(Some(Duration::from_secs(6)), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(accepted(&damaged), 1, "sent once after the repair");
+    assert_eq!(accepted(&ok), 1, "the healthy lead's message sent once");
+    let reports: Vec<_> = deliveries(&config)
+        .await
+        .into_iter()
+        .filter(|d| d.message_id == damaged.message_id)
+        .map(|d| d.status)
+        .collect();
+    assert_eq!(reports, [DeliveryStatus::Sent]);
+}
+
+backend_tests!(a_store_defect_stops_the_worker_without_losing_the_message);
 
 /// SIGKILL the worker process mid-stream, several times: every message is
 /// accepted by the provider exactly once. Each kill happens outside the

@@ -26,14 +26,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
 use crate::kafka::{client_config, SharedProducer};
 use crate::metrics::Metrics;
-use crate::pipeline::{dead_letter, wall_clock_millis, RawMessage, Rejection};
+use crate::pipeline::{dead_letter, wall_clock_millis, with_store_retry, RawMessage, Rejection};
 use crate::store::{DeliveryClaim, DeliveryOutcome, DeliveryRecord, LeadStore, StoreError};
 
 use super::limiter::RateLimiter;
@@ -179,13 +179,16 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
         info!(topic = %config.topics.outbound, group = %config.notify.group_id, owner = %self.shared.owner, "delivery worker started");
 
         let semaphore = Arc::new(Semaphore::new(config.notify.max_in_flight));
-        let mut tasks: JoinSet<(i32, i64, Handled)> = JoinSet::new();
+        let mut tasks: JoinSet<(i32, i64, Result<Handled, StoreError>)> = JoinSet::new();
         let mut progress: HashMap<i32, Progress> = HashMap::new();
         let mut summary = NotifySummary::default();
         let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_activity = Instant::now();
+        // A store error that is not transient (a defect, not an outage):
+        // the worker stops, its message stays uncommitted for the next run.
+        let mut defect: Option<StoreError> = None;
         tokio::pin!(shutdown);
-        loop {
+        while defect.is_none() {
             tokio::select! {
                 _ = &mut shutdown => break,
                 received = consumer.recv(), if semaphore.available_permits() > 0 => {
@@ -217,12 +220,8 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
                     });
                 }
                 Some(done) = tasks.join_next() => {
-                    let (partition, offset, handled) = done.expect("delivery tasks do not panic");
                     last_activity = Instant::now();
-                    if let Some(p) = progress.get_mut(&partition) {
-                        p.in_flight.remove(&offset);
-                    }
-                    count(&mut summary, handled);
+                    finish(done.expect("delivery tasks do not panic"), &mut progress, &mut summary, &mut defect);
                 }
                 _ = commit_tick.tick() => {
                     let assigned = consumer.assignment().map(|t| t.count()).unwrap_or(0);
@@ -235,11 +234,12 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
             }
         }
         while let Some(done) = tasks.join_next().await {
-            let (partition, offset, handled) = done.expect("delivery tasks do not panic");
-            if let Some(p) = progress.get_mut(&partition) {
-                p.in_flight.remove(&offset);
-            }
-            count(&mut summary, handled);
+            finish(
+                done.expect("delivery tasks do not panic"),
+                &mut progress,
+                &mut summary,
+                &mut defect,
+            );
         }
         commit(
             &consumer,
@@ -247,8 +247,34 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
             &mut progress,
             CommitMode::Sync,
         );
+        if let Some(e) = defect {
+            error!(error = %e, ?summary, "delivery worker stopped by a store error");
+            return Err(NotifyError::Store(e));
+        }
         info!(?summary, "delivery worker stopped");
         Ok(summary)
+    }
+}
+
+/// Books a finished delivery task. A message whose handling hit a store
+/// defect stays in flight, so no commit passes it.
+fn finish(
+    (partition, offset, handled): (i32, i64, Result<Handled, StoreError>),
+    progress: &mut HashMap<i32, Progress>,
+    summary: &mut NotifySummary,
+    defect: &mut Option<StoreError>,
+) {
+    match handled {
+        Ok(handled) => {
+            if let Some(p) = progress.get_mut(&partition) {
+                p.in_flight.remove(&offset);
+            }
+            count(summary, handled);
+        }
+        Err(e) => {
+            warn!(error = %e, partition, offset, "delivery stopped by a store error");
+            defect.get_or_insert(e);
+        }
     }
 }
 
@@ -320,7 +346,7 @@ impl<S: LeadStore + 'static> Shared<S> {
         self.origin.elapsed()
     }
 
-    async fn handle(&self, raw: &RawMessage) -> Handled {
+    async fn handle(&self, raw: &RawMessage) -> Result<Handled, StoreError> {
         let message = match self.decode(raw).await {
             Ok(m) => m,
             Err(reason) => {
@@ -334,7 +360,7 @@ impl<S: LeadStore + 'static> Shared<S> {
                     },
                 )
                 .await;
-                return Handled::Invalid;
+                return Ok(Handled::Invalid);
             }
         };
         let hash = recipient_hash(message.channel, &message.to);
@@ -350,7 +376,7 @@ impl<S: LeadStore + 'static> Shared<S> {
                     &owner,
                     self.config.notify.claim_lease_ms as i64,
                 )
-                .await;
+                .await?;
             if record.status != "sending" || record.owner == owner {
                 break record;
             }
@@ -363,13 +389,13 @@ impl<S: LeadStore + 'static> Shared<S> {
         if record.status != "sending" {
             self.metrics.notify_dedupe_hits.inc();
             if !record.reported {
-                self.report(&message, &record).await;
+                self.report(&message, &record).await?;
             }
-            return Handled::Duplicate;
+            return Ok(Handled::Duplicate);
         }
-        let (status, receipt, reason, attempts) = match self.blocked(&message, &hash).await {
+        let (status, receipt, reason, attempts) = match self.blocked(&message, &hash).await? {
             Some(reason) => ("dropped", None, Some(reason), 0),
-            None => match self.send_with_retries(&message, &hash, &owner).await {
+            None => match self.send_with_retries(&message, &hash, &owner).await? {
                 Ok((receipt, attempts)) => ("sent", Some(receipt), None, attempts),
                 Err((
                     SendError::Rejected {
@@ -399,10 +425,10 @@ impl<S: LeadStore + 'static> Shared<S> {
         };
         let kept = self
             .retry_store("record", || self.store.finish_delivery(&outcome))
-            .await;
+            .await?;
         if !kept {
             warn!(message_id = %message.message_id, "claim lost to another worker before the outcome was recorded");
-            return Handled::ClaimLost;
+            return Ok(Handled::ClaimLost);
         }
         self.metrics
             .notify_messages
@@ -422,8 +448,8 @@ impl<S: LeadStore + 'static> Shared<S> {
             reported: false,
             updated_at: outcome.now,
         };
-        self.report(&message, &record).await;
-        match status {
+        self.report(&message, &record).await?;
+        Ok(match status {
             "sent" => Handled::Sent,
             "dropped" => Handled::Dropped,
             _ => {
@@ -444,7 +470,7 @@ impl<S: LeadStore + 'static> Shared<S> {
                     },
                 }
             }
-        }
+        })
     }
 
     /// Takes or renews `owner`'s claim on the message for `lease_ms` and
@@ -455,7 +481,7 @@ impl<S: LeadStore + 'static> Shared<S> {
         hash: &str,
         owner: &str,
         lease_ms: i64,
-    ) -> DeliveryRecord {
+    ) -> Result<DeliveryRecord, StoreError> {
         let claim = DeliveryClaim {
             message_id: &message.message_id,
             lead_ext_id: &message.lead_ext_id,
@@ -489,15 +515,19 @@ impl<S: LeadStore + 'static> Shared<S> {
     /// Why the message must not be sent now, if it must not: the lead was
     /// erased, its consent or channel is gone (since the message was
     /// made), or the recipient had its share for the window.
-    async fn blocked(&self, message: &OutboundMessage, hash: &str) -> Option<String> {
+    async fn blocked(
+        &self,
+        message: &OutboundMessage,
+        hash: &str,
+    ) -> Result<Option<String>, StoreError> {
         let lead = self
             .retry_store("lead lookup", || self.store.get_lead(&message.lead_ext_id))
-            .await;
+            .await?;
         let Some(lead) = lead else {
-            return Some("lead not found (erased)".into());
+            return Ok(Some("lead not found (erased)".into()));
         };
         if let Some(reason) = crate::nurture::channel_blocked(&lead, message.channel) {
-            return Some(reason);
+            return Ok(Some(reason));
         }
         let cap = &self.config.notify.recipient_cap;
         let since = wall_clock_millis() - cap.window_hours as i64 * 3_600_000;
@@ -505,24 +535,26 @@ impl<S: LeadStore + 'static> Shared<S> {
             .retry_store("recipient count", || {
                 self.store.recipient_sends(hash, since)
             })
-            .await;
+            .await?;
         if sent >= cap.max_messages as i64 {
-            return Some(format!(
+            return Ok(Some(format!(
                 "recipient cap: {sent} messages in the last {} h (notify.recipient_cap)",
                 cap.window_hours
-            ));
+            )));
         }
-        None
+        Ok(None)
     }
 
     /// Sends, retrying 429s (after their Retry-After), 5xx and timeouts
-    /// with exponential backoff and full jitter, up to `max_attempts`.
+    /// with exponential backoff and full jitter, up to `max_attempts`. The
+    /// outer error is the store's (renewing the claim), the inner the
+    /// provider's with the attempts made.
     async fn send_with_retries(
         &self,
         message: &OutboundMessage,
         hash: &str,
         owner: &str,
-    ) -> Result<(Receipt, u32), (SendError, u32)> {
+    ) -> Result<Result<(Receipt, u32), (SendError, u32)>, StoreError> {
         let retry = &self.config.notify.retry;
         let channel = message.channel.as_str();
         let limiter = match message.channel {
@@ -550,12 +582,12 @@ impl<S: LeadStore + 'static> Shared<S> {
                     owner,
                     self.config.notify.claim_lease_ms as i64 + queue_ms,
                 )
-                .await;
+                .await?;
             if held.owner != owner || held.status != "sending" {
-                return Err((
+                return Ok(Err((
                     SendError::Transient("the claim passed to another worker".into()),
                     attempt - 1,
-                ));
+                )));
             }
             let now = self.now();
             let slot = limiter.lock().expect("limiter lock").reserve(now);
@@ -589,12 +621,12 @@ impl<S: LeadStore + 'static> Shared<S> {
                 .with_label_values(&[provider, class])
                 .observe(started.elapsed().as_secs_f64());
             let error = match result {
-                Ok(receipt) => return Ok((receipt, attempt)),
-                Err(e @ SendError::Rejected { .. }) => return Err((e, attempt)),
+                Ok(receipt) => return Ok(Ok((receipt, attempt))),
+                Err(e @ SendError::Rejected { .. }) => return Ok(Err((e, attempt))),
                 Err(e) => e,
             };
             if attempt >= retry.max_attempts {
-                return Err((error, attempt));
+                return Ok(Err((error, attempt)));
             }
             self.metrics
                 .notify_retries
@@ -629,7 +661,11 @@ impl<S: LeadStore + 'static> Shared<S> {
 
     /// Publishes the DeliveryEvent of a finished message (retrying until
     /// the broker acknowledges it) and notes that it did.
-    async fn report(&self, message: &OutboundMessage, record: &DeliveryRecord) {
+    async fn report(
+        &self,
+        message: &OutboundMessage,
+        record: &DeliveryRecord,
+    ) -> Result<(), StoreError> {
         let (status, reason) = match record.status.as_str() {
             "sent" => (DeliveryStatus::Sent, None),
             "bounced" => (DeliveryStatus::Bounced, record.reason.clone()),
@@ -694,27 +730,17 @@ impl<S: LeadStore + 'static> Shared<S> {
         self.retry_store("reported", || {
             self.store.mark_delivery_reported(&message.message_id)
         })
-        .await;
+        .await
     }
 
-    /// A store call retried until it succeeds: a delivery must not be
-    /// skipped or repeated because the database blinked.
-    async fn retry_store<T, F, Fut>(&self, what: &str, op: F) -> T
+    /// A store call retried while the database is unavailable: a delivery
+    /// must not be skipped or repeated because the database blinked. Any
+    /// other store error is a defect and stops the worker.
+    async fn retry_store<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
-        F: Fn() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match op().await {
-                Ok(v) => return v,
-                Err(e) => {
-                    self.metrics.store_retries.inc();
-                    warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "store call failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        with_store_retry(what, &self.metrics, op).await
     }
 }

@@ -112,6 +112,18 @@ impl TestSqlite {
     }
 }
 
+/// Runs one SQL statement on a test database behind the store's back (to
+/// damage a row the way a defect or a manual edit would).
+pub async fn execute_sql(database_url: &str, sql: &str) {
+    if database_url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
 /// A config pointing at the test broker with topics and group of the test's own.
 pub fn test_config(database_url: &str) -> Config {
     let mut config = Config::default();
