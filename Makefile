@@ -19,7 +19,7 @@ BENCH_MODEL_ROWS ?= 40000,1000000
 # million rows; it runs up to this many.
 BENCH_GBC_MAX_ROWS ?= 200000
 
-.PHONY: run test bench build broker broker-stop postgres topics fmt lint clean
+.PHONY: run test bench build broker broker-stop postgres topics fmt lint clean test-venv fuzz
 
 build:
 	$(CARGO) build
@@ -56,7 +56,20 @@ run: build broker topics
 	@echo
 	$(BIN) run $(RUN_ARGS)
 
-test: broker postgres
+# Python side of the Avro interoperability test (tests/interop.rs): fastavro
+# in a venv of its own, created once and reused.
+TEST_VENV ?= $(HOME)/.cache/leadflow/test-venv
+LEADFLOW_TEST_PYTHON ?= $(TEST_VENV)/bin/python
+export LEADFLOW_TEST_PYTHON
+
+$(TEST_VENV)/.installed:
+	python3 -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet fastavro==1.13.1
+	touch $@
+
+test-venv: $(TEST_VENV)/.installed
+
+test: broker postgres test-venv
 	@# The benchmark's smoke run first (cargo test passes no --bench), so
 	@# that the test suite's own summary closes the output.
 	$(CARGO) test --bench throughput --bench models --bench nurture --bench notify
@@ -77,6 +90,23 @@ bench: broker postgres $(BENCH_VENV)/.installed
 	$(CARGO) bench --bench notify
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python LEADFLOW_BENCH_GBC_MAX_ROWS=$(BENCH_GBC_MAX_ROWS) \
 		$(CARGO) bench --bench models -- --rows $(BENCH_MODEL_ROWS)
+
+# Coverage-guided fuzzing of the decode path (fuzz/fuzz_targets/decode.rs)
+# for FUZZ_SECONDS, with libFuzzer through cargo-fuzz on stable Rust
+# (no sanitizer: `-s none`). cargo-fuzz is installed once into the tools
+# folder the broker uses. Findings land in fuzz/artifacts/decode/.
+FUZZ_SECONDS ?= 300
+TOOLS ?= $(HOME)/.cache/leadflow/tools
+CARGO_FUZZ := $(TOOLS)/bin/cargo-fuzz
+
+$(CARGO_FUZZ):
+	CARGO_TARGET_DIR=$(HOME)/.cache/leadflow/fuzz-tool-target \
+		$(CARGO) install cargo-fuzz --locked --root $(TOOLS)
+
+fuzz: $(CARGO_FUZZ)
+	mkdir -p fuzz/corpus/decode
+	cd fuzz && $(CARGO_FUZZ) fuzz run decode -s none corpus/decode seeds/decode -- \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=4096 -rss_limit_mb=2048
 
 fmt:
 	$(CARGO) fmt

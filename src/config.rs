@@ -234,6 +234,16 @@ pub struct ProcessorConfig {
     pub max_merge_wait_ms: u64,
     /// Largest input value accepted; a larger one is dead-lettered as `too_large`.
     pub max_message_bytes: usize,
+    /// Largest dead letter written (key, value and headers); a larger one
+    /// is cut to fit, with headers saying so. At most the DLQ topic's
+    /// `max.message.bytes`; the producer's `message.max.bytes` is raised to it.
+    pub dead_letter_max_bytes: usize,
+    /// Events dated earlier than this (RFC 3339) are dead-lettered as
+    /// `event_time_out_of_range`: seconds sent as milliseconds land in 1970.
+    pub earliest_event_time: String,
+    /// Events dated more than this after their record's Kafka timestamp are
+    /// dead-lettered as `event_time_out_of_range` (microseconds, year 9999).
+    pub max_event_time_ahead_ms: u64,
     /// Messages over which the share of dead letters is measured.
     pub dead_letter_window: usize,
     /// Share of the window that may be dead letters before the processor
@@ -253,6 +263,13 @@ pub enum ClockMode {
     EventTime,
 }
 
+impl ProcessorConfig {
+    /// `earliest_event_time` as milliseconds (checked at start-up).
+    pub fn earliest_event_time_millis(&self) -> crate::events::Millis {
+        crate::events::timestamp::parse_rfc3339(&self.earliest_event_time).unwrap_or(0)
+    }
+}
+
 impl Default for ProcessorConfig {
     fn default() -> Self {
         ProcessorConfig {
@@ -261,6 +278,9 @@ impl Default for ProcessorConfig {
             dedup_window: 64,
             max_merge_wait_ms: 2_000,
             max_message_bytes: 1_048_576,
+            dead_letter_max_bytes: 1_000_000,
+            earliest_event_time: "2000-01-01T00:00:00Z".into(),
+            max_event_time_ahead_ms: 86_400_000,
             dead_letter_window: 1_000,
             dead_letter_max_ratio: 0.5,
             clock: ClockMode::Wall,
@@ -444,6 +464,15 @@ impl Config {
                 "processor.max_message_bytes",
                 format!("{} is less than 1024", p.max_message_bytes),
             ));
+        }
+        if p.dead_letter_max_bytes < 4_096 {
+            return Err(invalid(
+                "processor.dead_letter_max_bytes",
+                format!("{} is less than 4096", p.dead_letter_max_bytes),
+            ));
+        }
+        if let Err(e) = crate::events::timestamp::parse_rfc3339(&p.earliest_event_time) {
+            return Err(invalid("processor.earliest_event_time", e));
         }
         if p.dead_letter_window == 0 {
             return Err(invalid(

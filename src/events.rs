@@ -439,19 +439,13 @@ impl InputEvent {
         if self.event_id().trim().is_empty() {
             return Err("event_id is empty".into());
         }
-        let id = self.lead_ext_id();
-        if id.trim().is_empty() {
+        if self.lead_ext_id().trim().is_empty() {
             return Err("lead_ext_id is empty".into());
-        }
-        if id.len() > 128 {
-            return Err(format!(
-                "lead_ext_id is {} bytes long, at most 128",
-                id.len()
-            ));
         }
         if self.occurred_at() < 0 {
             return Err(format!("occurred_at {} is before 1970", self.occurred_at()));
         }
+        self.check_texts()?;
         if let InputEvent::Lead(e) = self {
             if let Some(p) = e.probability {
                 if !(0.0..=1.0).contains(&p) {
@@ -482,6 +476,119 @@ impl InputEvent {
             }
         }
         Ok(())
+    }
+}
+
+/// Bounds on the text an event may carry (docs/DECISIONS.md, "Hostile
+/// input"): what PostgreSQL and SQLite both store the same way, and sizes no
+/// lead's state needs to exceed.
+pub mod text_limits {
+    pub const MAX_EVENT_ID_BYTES: usize = 256;
+    pub const MAX_LEAD_ID_BYTES: usize = 128;
+    pub const MAX_FIELD_BYTES: usize = 4_096;
+    pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 256;
+    pub const MAX_ATTRIBUTES: usize = 256;
+}
+
+/// Checks one text field: no NUL character (PostgreSQL cannot store one in
+/// text, SQLite can; refusing it everywhere keeps the stores equal) and at
+/// most `max` bytes.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!(
+            "{field} is {} bytes long, at most {max}",
+            value.len()
+        ));
+    }
+    if let Some(at) = value.find('\0') {
+        return Err(format!(
+            "{field} contains a NUL character (U+0000) at byte {at}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_optional(field: &str, value: &Option<String>) -> Result<(), String> {
+    value.as_deref().map_or(Ok(()), |v| {
+        check_text(field, v, text_limits::MAX_FIELD_BYTES)
+    })
+}
+
+/// Checks a map of custom fields (attributes, message data).
+pub fn check_map(field: &str, map: &BTreeMap<String, String>) -> Result<(), String> {
+    use text_limits::*;
+    if map.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "{field} has {} entries, at most {MAX_ATTRIBUTES}",
+            map.len()
+        ));
+    }
+    for (key, value) in map {
+        check_text(&format!("{field} key"), key, MAX_ATTRIBUTE_KEY_BYTES)?;
+        check_text(&format!("{field}.{key}"), value, MAX_FIELD_BYTES)?;
+    }
+    Ok(())
+}
+
+impl InputEvent {
+    /// Every text field within [`text_limits`] and free of NUL characters.
+    fn check_texts(&self) -> Result<(), String> {
+        use text_limits::*;
+        check_text("event_id", self.event_id(), MAX_EVENT_ID_BYTES)?;
+        check_text("lead_ext_id", self.lead_ext_id(), MAX_LEAD_ID_BYTES)?;
+        match self {
+            InputEvent::Lead(e) => {
+                for (field, value) in [
+                    ("email", &e.email),
+                    ("phone", &e.phone),
+                    ("first_name", &e.first_name),
+                    ("last_name", &e.last_name),
+                    ("company", &e.company),
+                    ("source", &e.source),
+                    ("owner", &e.owner),
+                    ("timezone", &e.timezone),
+                ] {
+                    check_optional(field, value)?;
+                }
+                if let Some(consent) = &e.consent {
+                    check_text("consent.source", &consent.source, MAX_FIELD_BYTES)?;
+                }
+                check_map("attributes", &e.attributes)
+            }
+            InputEvent::Interaction(e) => {
+                check_optional("channel", &e.channel)?;
+                check_optional("actor", &e.actor)?;
+                check_map("attributes", &e.attributes)
+            }
+            InputEvent::StageChange(e) => check_optional("owner", &e.owner),
+            InputEvent::Delivery(e) => {
+                check_text("message_id", &e.message_id, MAX_EVENT_ID_BYTES)?;
+                check_optional("provider", &e.provider)?;
+                check_optional("provider_message_id", &e.provider_message_id)?;
+                check_optional("reason", &e.reason)
+            }
+        }
+    }
+}
+
+impl OutboundMessage {
+    /// What the delivery worker checks before it claims or sends a message:
+    /// ids and text within [`text_limits`], no NUL characters.
+    pub fn validate(&self) -> Result<(), String> {
+        use text_limits::*;
+        if self.message_id.trim().is_empty() {
+            return Err("message_id is empty".into());
+        }
+        if self.lead_ext_id.trim().is_empty() {
+            return Err("lead_ext_id is empty".into());
+        }
+        check_text("message_id", &self.message_id, MAX_EVENT_ID_BYTES)?;
+        check_text("lead_ext_id", &self.lead_ext_id, MAX_LEAD_ID_BYTES)?;
+        check_text("to", &self.to, MAX_FIELD_BYTES)?;
+        check_text("template", &self.template, MAX_FIELD_BYTES)?;
+        check_text("sequence", &self.sequence, MAX_FIELD_BYTES)?;
+        check_optional("variant", &self.variant)?;
+        check_map("data", &self.data)
     }
 }
 

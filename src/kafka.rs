@@ -46,14 +46,19 @@ pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientCo
 /// and a dead letter is retried until acknowledged.
 pub struct SharedProducer {
     kafka: KafkaConfig,
+    message_max_bytes: usize,
     current: std::sync::Mutex<FutureProducer>,
 }
 
 impl SharedProducer {
-    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+    /// `message_max_bytes`: the largest record it must be able to send (a
+    /// dead letter, `processor.dead_letter_max_bytes`); librdkafka's own
+    /// default of 1,000,000 is kept when that is smaller.
+    pub fn new(kafka: &KafkaConfig, message_max_bytes: usize) -> Result<Self, KafkaError> {
         Ok(SharedProducer {
             kafka: kafka.clone(),
-            current: std::sync::Mutex::new(producer(kafka)?),
+            message_max_bytes,
+            current: std::sync::Mutex::new(sized_producer(kafka, message_max_bytes)?),
         })
     }
 
@@ -68,7 +73,7 @@ impl SharedProducer {
         else {
             return;
         };
-        match producer(&self.kafka) {
+        match sized_producer(&self.kafka, self.message_max_bytes) {
             Ok(fresh) => {
                 tracing::warn!(error = ?code, reason, "producer failed fatally; replaced by a new one");
                 *current = fresh;
@@ -81,9 +86,18 @@ impl SharedProducer {
 }
 
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    sized_producer(kafka, 0)
+}
+
+fn sized_producer(
+    kafka: &KafkaConfig,
+    message_max_bytes: usize,
+) -> Result<FutureProducer, KafkaError> {
+    let max_bytes = message_max_bytes.max(1_000_000).to_string();
     client_config(
         kafka,
         &[
+            ("message.max.bytes", max_bytes.as_str()),
             // The Java client's partitioner, so that keys land on the same
             // partitions whichever client produced them: the input topics
             // are co-partitioned.

@@ -55,12 +55,23 @@ impl StoreError {
                 | sqlx::Error::Tls(_) => true,
                 sqlx::Error::Database(db) => {
                     let code = db.code().unwrap_or_default();
-                    // PostgreSQL: connection exceptions (08), serialization
-                    // failure and deadlock (40), insufficient resources (53),
-                    // operator intervention such as a restart (57).
-                    // SQLite: BUSY (5) and LOCKED (6), with extended codes.
-                    ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c))
-                        || matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5) | Ok(6))
+                    // Each backend's codes are read by its own rule: a
+                    // PostgreSQL SQLSTATE such as 22021 (a NUL in text) is
+                    // numeric too, and 22021 & 0xff would pass for BUSY.
+                    if db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .is_some()
+                    {
+                        // Connection exceptions (08), serialization failure
+                        // and deadlock (40), insufficient resources (53),
+                        // operator intervention such as a restart (57).
+                        ["08", "40", "53", "57"].iter().any(|c| code.starts_with(c))
+                    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                        // BUSY (5) and LOCKED (6), with extended codes.
+                        matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5) | Ok(6))
+                    } else {
+                        false
+                    }
                 }
                 _ => false,
             },

@@ -16,7 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use leadflow::codec::{
-    fingerprint, Codec, CodecError, RegistryClient, CURRENT_SCHEMAS, HISTORICAL_SCHEMAS,
+    fingerprint, legacy_fingerprint, Codec, CodecError, RegistryClient, CURRENT_SCHEMAS,
+    HISTORICAL_SCHEMAS,
 };
 use leadflow::events::*;
 use serde::Serialize;
@@ -280,20 +281,28 @@ async fn schema_files_on_disk_are_the_compiled_in_ones() {
     }
 }
 
-/// Encodes `value` as a single object with an explicit (older) writer schema.
-fn single_object_with(schema: &Schema, value: apache_avro::types::Value) -> Vec<u8> {
+/// Encodes `value` as a single object with an explicit writer schema and header fingerprint.
+fn single_object_with(
+    schema: &Schema,
+    fingerprint: [u8; 8],
+    value: apache_avro::types::Value,
+) -> Vec<u8> {
     let mut out = vec![0xC3, 0x01];
-    out.extend_from_slice(&fingerprint(schema));
+    out.extend_from_slice(&fingerprint);
     out.extend_from_slice(&apache_avro::to_avro_datum(schema, value).unwrap());
     out
 }
 
-fn v1_lead_event_schema() -> Schema {
-    let (_, text) = HISTORICAL_SCHEMAS
+fn v1_lead_event_text() -> &'static str {
+    HISTORICAL_SCHEMAS
         .iter()
         .find(|(n, _)| *n == "LeadEvent")
-        .unwrap();
-    Schema::parse_str(text).unwrap()
+        .unwrap()
+        .1
+}
+
+fn v1_lead_event_schema() -> Schema {
+    Schema::parse_str(v1_lead_event_text()).unwrap()
 }
 
 /// A LeadEvent as a v1 producer (no timezone, no attributes) would write it.
@@ -341,17 +350,119 @@ fn v1_lead_event_value(schema: &Schema) -> apache_avro::types::Value {
 async fn current_reader_reads_records_written_with_the_v1_schema() {
     let v1 = v1_lead_event_schema();
     let codec = Codec::new(None);
-    assert_ne!(
-        fingerprint(&v1),
-        codec.schemas().current_fingerprint("LeadEvent")
-    );
-    let bytes = single_object_with(&v1, v1_lead_event_value(&v1));
-    let decoded: LeadEvent = codec.decode(&bytes).await.unwrap();
+    let standard = fingerprint(v1_lead_event_text()).unwrap();
+    assert_ne!(standard, codec.schemas().current_fingerprint("LeadEvent"));
     let mut expected = lead_event(true);
     // The fields v2 added take their schema defaults.
     expected.timezone = None;
     expected.attributes = BTreeMap::new();
-    assert_eq!(decoded, expected);
+    // By the standard fingerprint, and by the one leadflow wrote before.
+    for fp in [standard, legacy_fingerprint(&v1)] {
+        let bytes = single_object_with(&v1, fp, v1_lead_event_value(&v1));
+        let decoded: LeadEvent = codec.decode(&bytes).await.unwrap();
+        assert_eq!(decoded, expected);
+    }
+}
+
+/// Records written before the fingerprints followed the specification
+/// carry apache-avro's; they still read, and new ones carry the standard one.
+#[tokio::test]
+async fn single_objects_carry_the_standard_fingerprint_and_old_ones_still_read() {
+    let codec = Codec::new(None);
+    for (name, text) in CURRENT_SCHEMAS {
+        let standard = fingerprint(text).unwrap();
+        assert_eq!(
+            codec.schemas().current_fingerprint(name),
+            standard,
+            "{name}"
+        );
+        let schema = Schema::parse_str(text).unwrap();
+        // Every schema of ours has a timestamp-millis field, where
+        // apache-avro's canonical form departs from the specification.
+        assert_ne!(legacy_fingerprint(&schema), standard, "{name}");
+    }
+    let event = stage_change();
+    let new = codec.encode_single_object(&event).unwrap();
+    assert_eq!(
+        &new[2..10],
+        &codec.schemas().current_fingerprint("StageChangeEvent")
+    );
+    let schema = codec.schemas().current("StageChangeEvent").clone();
+    let mut old = new.clone();
+    old[2..10].copy_from_slice(&legacy_fingerprint(&schema));
+    assert_eq!(codec.decode::<StageChangeEvent>(&old).await.unwrap(), event);
+}
+
+/// A record cut anywhere before its end is `truncated`, never a record with
+/// its missing fields read as null.
+#[tokio::test]
+async fn a_record_cut_at_any_byte_is_truncated() {
+    let codec = Codec::new(None);
+    let records: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "StageChangeEvent",
+            codec.encode_single_object(&stage_change()).unwrap(),
+        ),
+        (
+            "LeadEvent",
+            codec.encode_single_object(&lead_event(true)).unwrap(),
+        ),
+        (
+            "InteractionEvent",
+            codec.encode_single_object(&interaction()).unwrap(),
+        ),
+        (
+            "DeliveryEvent",
+            codec.encode_single_object(&delivery()).unwrap(),
+        ),
+        (
+            "OutboundMessage",
+            codec.encode_single_object(&outbound()).unwrap(),
+        ),
+    ];
+    for (name, bytes) in records {
+        for cut in 10..bytes.len() {
+            let err = match name {
+                "StageChangeEvent" => codec.decode::<StageChangeEvent>(&bytes[..cut]).await.err(),
+                "LeadEvent" => codec.decode::<LeadEvent>(&bytes[..cut]).await.err(),
+                "InteractionEvent" => codec.decode::<InteractionEvent>(&bytes[..cut]).await.err(),
+                "DeliveryEvent" => codec.decode::<DeliveryEvent>(&bytes[..cut]).await.err(),
+                _ => codec.decode::<OutboundMessage>(&bytes[..cut]).await.err(),
+            };
+            let err = err
+                .unwrap_or_else(|| panic!("{name} cut at {cut} of {} was accepted", bytes.len()));
+            assert_eq!(err.kind(), "truncated", "{name} cut at {cut}: {err}");
+        }
+    }
+}
+
+/// 63 bytes claiming a map of 500 million attributes: refused as truncated
+/// without the decoder reserving room for them (that aborted the process).
+#[tokio::test]
+async fn a_huge_count_claim_is_refused_without_allocating() {
+    let codec = Codec::new(None);
+    let mut event = lead_event(false);
+    event.attributes.clear();
+    let good = codec.encode_single_object(&event).unwrap();
+    // The attributes map is the last field: an empty map is one 0 byte.
+    assert_eq!(*good.last().unwrap(), 0);
+    let mut hostile = good[..good.len() - 1].to_vec();
+    hostile.extend_from_slice(&zigzag(500_000_000));
+    hostile.extend_from_slice(b"\x02k\x02v");
+    let err = codec.decode::<LeadEvent>(&hostile).await.unwrap_err();
+    assert_eq!(err.kind(), "truncated", "{err}");
+    assert!(err.to_string().contains("500000000"), "{err}");
+}
+
+fn zigzag(v: i64) -> Vec<u8> {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    let mut out = Vec::new();
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+    out
 }
 
 #[tokio::test]
@@ -535,6 +646,17 @@ async fn confluent_framing_registers_fetches_and_caches_schemas() {
         2,
         "one fetch per schema id"
     );
+
+    // What was registered is the schema's own text: docs, defaults and
+    // logical types, which the canonical form drops.
+    for (_, text) in registry.schemas.lock().unwrap().iter() {
+        assert!(
+            text.contains("\"logicalType\": \"timestamp-millis\""),
+            "{text}"
+        );
+        assert!(text.contains("\"default\""), "{text}");
+        assert!(text.contains("\"doc\""), "{text}");
+    }
 
     // An older producer's schema, registered under its own id, still reads.
     let v1 = v1_lead_event_schema();

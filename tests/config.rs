@@ -58,6 +58,16 @@ fn a_bad_value_names_the_key_and_the_reason() {
         e.contains("processor.batch_size") && e.contains("at least 1"),
         "{e}"
     );
+    let e = error("[processor]\nearliest_event_time = \"last tuesday\"\n", &[]);
+    assert!(
+        e.contains("processor.earliest_event_time") && e.contains("RFC 3339"),
+        "{e}"
+    );
+    let e = error("[processor]\ndead_letter_max_bytes = 100\n", &[]);
+    assert!(
+        e.contains("processor.dead_letter_max_bytes") && e.contains("less than 4096"),
+        "{e}"
+    );
     let e = error("[database]\nurl = \"mysql://x\"\n", &[]);
     assert!(e.contains("database.url") && e.contains("neither"), "{e}");
     let e = error("[scoring.rules]\nengagement_half_life_days = -3.0\n", &[]);

@@ -948,3 +948,178 @@ async fn a_processor_message_is_sent_and_its_delivery_reaches_the_lead<S: LeadSt
 }
 
 backend_tests!(a_processor_message_is_sent_and_its_delivery_reaches_the_lead);
+
+/// Hostile outbound messages (NUL characters, oversize fields, a value just
+/// under the input limit whose dead letter is too large for the producer, a
+/// megabyte key, a truncated record) are dead-lettered with their reason;
+/// the worker keeps running, sends the good message once, and sends nothing
+/// for the others.
+async fn hostile_messages_never_stall_or_crash_the_worker<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    let (fake, provider_url) = start_fake().await;
+    let config = notify_config(url, &provider_url);
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    store_leads(
+        store.as_ref(),
+        &config,
+        &[("L-GOOD", "ana@example.com", "+15550001", true)],
+    )
+    .await;
+    let good = message(
+        "L-GOOD",
+        Channel::Email,
+        "ana@example.com",
+        "premium_welcome",
+    );
+    let hostile: Vec<(&str, OutboundMessage)> = vec![
+        (
+            "nul in message_id",
+            OutboundMessage {
+                message_id: "m\0x".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "nul in to",
+            OutboundMessage {
+                message_id: "m-to".into(),
+                to: "ana@\0example.com".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "huge template",
+            OutboundMessage {
+                message_id: "m-tpl".into(),
+                template: "t".repeat(5_000),
+                ..good.clone()
+            },
+        ),
+        (
+            "too much data",
+            OutboundMessage {
+                message_id: "m-data".into(),
+                data: (0..300)
+                    .map(|i| (format!("k{i}"), "v".to_string()))
+                    .collect(),
+                ..good.clone()
+            },
+        ),
+        (
+            "long lead id",
+            OutboundMessage {
+                message_id: "m-id".into(),
+                lead_ext_id: "L".repeat(200),
+                ..good.clone()
+            },
+        ),
+    ];
+    let mut all = vec![good.clone()];
+    all.extend(hostile.iter().map(|(_, m)| m.clone()));
+    publish(&config, &all).await;
+    let codec = Codec::new(None);
+    let whole = codec.encode_single_object(&good).unwrap();
+    produce(
+        &config,
+        &config.topics.outbound,
+        Some("L-CUT"),
+        &whole[..whole.len() - 3],
+    )
+    .await;
+    let big_producer: rdkafka::producer::FutureProducer =
+        leadflow::kafka::client_config(&config.kafka, &[("message.max.bytes", "4000000")])
+            .create()
+            .unwrap();
+    let mut just_under = br#"{"message_id": ""#.to_vec();
+    just_under.resize(1_010_000, b'x');
+    let huge_key = "K".repeat(1_050_000);
+    for (key, payload) in [("L-BIG", &just_under[..]), (huge_key.as_str(), &whole[..])] {
+        big_producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&config.topics.outbound)
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let worker = NotifyWorker::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(Codec::new(None)),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        worker.run(Some(Duration::from_secs(6)), std::future::pending()),
+    )
+    .await
+    .expect("the worker never stalls on a dead letter")
+    .expect("the worker keeps running");
+    assert_eq!(summary.sent, 1);
+    // The megabyte key carries the good message again: sent already, it is
+    // a duplicate, not a dead letter.
+    assert_eq!(
+        summary.dead_lettered,
+        hostile.len() as u64 + 2,
+        "{summary:?}"
+    );
+    let seen: Vec<String> = fake
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .map(|s| s.key.clone())
+        .collect();
+    assert_eq!(
+        seen,
+        vec![good.message_id.clone()],
+        "only the good message reached a provider"
+    );
+
+    let letters = read_topic(&config, &config.topics.dlq);
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            l.header(leadflow::pipeline::dlq_headers::ERROR_MESSAGE)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for (what, needle) in [
+        ("nul in message_id", "message_id contains a NUL"),
+        ("nul in to", "to contains a NUL"),
+        ("huge template", "template is 5000 bytes long"),
+        ("too much data", "data has 300 entries"),
+        ("long lead id", "lead_ext_id is 200 bytes long"),
+        ("truncated", "truncated"),
+        ("just under the limit", "invalid JSON"),
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "{what}: {reasons:?}"
+        );
+    }
+    let big = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(&b"L-BIG"[..]))
+        .expect("the oversize dead letter");
+    assert_eq!(
+        big.header(leadflow::pipeline::dlq_headers::TRUNCATED),
+        Some("true")
+    );
+    assert_eq!(
+        big.header(leadflow::pipeline::dlq_headers::ORIGINAL_VALUE_BYTES),
+        Some("1010000")
+    );
+    let payload = big.payload.as_deref().unwrap();
+    assert!(payload.len() < 1_000_000 && just_under.starts_with(payload));
+}
+
+backend_tests!(hostile_messages_never_stall_or_crash_the_worker);

@@ -482,3 +482,25 @@ backend_tests!(
     loads_only_existing_leads_in_large_batches,
     migrations_are_idempotent,
 );
+
+/// PostgreSQL refuses a NUL in text (SQLSTATE 22021). That is a property
+/// of the data, not an outage: it must never be retried as one (its code
+/// once passed the SQLite BUSY test, 22021 & 0xff = 5, and the processor
+/// retried the batch forever). Events with a NUL never get this far: the
+/// codec dead-letters them on both stores.
+#[tokio::test]
+async fn a_nul_in_text_is_a_permanent_error_on_postgres() {
+    let db = common::TestPg::new().await;
+    let store = db.store().await;
+    let mut state = LeadState::new("NUL-1");
+    state.owner = Some("rep\0one".into());
+    let err = store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![LeadWrite::new(&state, 0)],
+            ..Default::default()
+        })
+        .await
+        .expect_err("PostgreSQL refuses a NUL in text");
+    assert!(!err.is_transient(), "{err}");
+}

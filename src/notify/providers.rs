@@ -104,6 +104,16 @@ fn transport_error(e: reqwest::Error) -> SendError {
     }
 }
 
+/// Text from a provider's answer as it may be stored and reported: at most
+/// `max` characters, NULs replaced (PostgreSQL cannot store one, and the
+/// processor refuses a DeliveryEvent that carries one).
+fn provider_text(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c == '\0' { '\u{fffd}' } else { c })
+        .collect()
+}
+
 /// Sorts a non-2xx answer; `rejected` turns the body of a permanent 4xx
 /// into a reason and says whether it is a bounce.
 fn classify(
@@ -112,7 +122,7 @@ fn classify(
     body: &str,
     rejected: impl Fn(&str) -> (String, bool),
 ) -> SendError {
-    let snippet: String = body.chars().take(300).collect();
+    let snippet = provider_text(body, 300);
     match status.as_u16() {
         429 => SendError::RateLimited {
             retry_after: retry_after(headers).or_else(|| sendgrid_reset(headers)),
@@ -125,7 +135,11 @@ fn classify(
         400..=499 => {
             let (reason, bounce) = rejected(body);
             SendError::Rejected {
-                reason: format!("HTTP {}: {reason}", status.as_u16()),
+                reason: format!(
+                    "HTTP {}: {}",
+                    status.as_u16(),
+                    provider_text(&reason, 1_000)
+                ),
                 bounce,
             }
         }
@@ -318,7 +332,7 @@ impl Twilio {
         if status.is_success() {
             let sid = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
-                .and_then(|v| v["sid"].as_str().map(str::to_string));
+                .and_then(|v| v["sid"].as_str().map(|sid| provider_text(sid, 200)));
             return Ok(Receipt {
                 provider_message_id: sid,
             });
@@ -347,6 +361,28 @@ fn twilio_rejection(body: &str) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_text_is_bounded_and_free_of_nuls() {
+        let body = format!(
+            r#"{{"code": 21211, "message": "bad\u0000number{}"}}"#,
+            "x".repeat(5_000)
+        );
+        let err = classify(
+            reqwest::StatusCode::BAD_REQUEST,
+            &reqwest::header::HeaderMap::new(),
+            &body,
+            twilio_rejection,
+        );
+        let SendError::Rejected { reason, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            !reason.contains('\0') && reason.contains("bad\u{fffd}number"),
+            "{reason}"
+        );
+        assert!(reason.chars().count() <= 1_020, "{}", reason.len());
+    }
 
     fn message(template: &str, data: &[(&str, &str)]) -> OutboundMessage {
         OutboundMessage {

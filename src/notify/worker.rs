@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use rand::Rng;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
@@ -128,7 +127,7 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
         // provider second.
         let second = Duration::from_millis(1_000 + RATE_GUARD_MS);
         let shared = Shared {
-            producer: SharedProducer::new(&config.kafka)?,
+            producer: SharedProducer::new(&config.kafka, config.processor.dead_letter_max_bytes)?,
             sendgrid: SendGrid::new(config.notify.sendgrid.clone(), timeout)?,
             twilio: Twilio::new(config.notify.twilio.clone(), timeout)?,
             email_limit: Mutex::new(RateLimiter::new(
@@ -201,13 +200,7 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
                     };
                     last_activity = Instant::now();
                     summary.consumed += 1;
-                    let raw = RawMessage {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                    };
+                    let raw = RawMessage::from_message(&m);
                     let p = progress.entry(raw.partition).or_default();
                     p.in_flight.insert(raw.offset);
                     p.next = p.next.max(raw.offset + 1);
@@ -353,6 +346,7 @@ impl<S: LeadStore + 'static> Shared<S> {
                 dead_letter(
                     &self.producer,
                     &self.config.topics.dlq,
+                    self.config.processor.dead_letter_max_bytes,
                     raw,
                     &Rejection {
                         kind: "invalid_message",
@@ -456,6 +450,7 @@ impl<S: LeadStore + 'static> Shared<S> {
                 dead_letter(
                     &self.producer,
                     &self.config.topics.dlq,
+                    self.config.processor.dead_letter_max_bytes,
                     raw,
                     &Rejection {
                         kind: "delivery_failed",
@@ -496,16 +491,31 @@ impl<S: LeadStore + 'static> Shared<S> {
             .await
     }
 
+    /// The message, or why it cannot be sent: the same bounds as the
+    /// processor's input (size, well-formed Avro, text without NULs and
+    /// within its limits), checked before anything is claimed or stored.
     async fn decode(&self, raw: &RawMessage) -> Result<OutboundMessage, String> {
         let payload = raw.payload.as_deref().ok_or("empty payload")?;
-        let message: OutboundMessage = self
-            .codec
-            .decode(payload)
-            .await
-            .map_err(|e| format!("not an OutboundMessage: {e}"))?;
-        if message.message_id.trim().is_empty() {
-            return Err("message_id is empty".into());
+        let limit = self.config.processor.max_message_bytes;
+        if payload.len() > limit {
+            return Err(format!(
+                "value is {} bytes, more than processor.max_message_bytes = {limit}",
+                payload.len()
+            ));
         }
+        let mut delay = Duration::from_millis(200);
+        let message: OutboundMessage = loop {
+            match self.codec.decode(payload).await {
+                Ok(message) => break message,
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, "decode: transient failure, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(format!("not an OutboundMessage: {e}")),
+            }
+        };
+        message.validate()?;
         if message.to.trim().is_empty() {
             return Err("`to` is empty".into());
         }

@@ -93,6 +93,22 @@ pub struct RawMessage {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// The record's Kafka timestamp (create or log-append time), if it has one.
+    pub timestamp: Option<Millis>,
+}
+
+impl RawMessage {
+    /// Detaches a consumed message.
+    pub fn from_message<M: Message>(m: &M) -> Self {
+        RawMessage {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
 }
 
 /// Why a message went to the dead-letter topic.
@@ -118,6 +134,10 @@ pub mod dlq_headers {
     pub const SOURCE_OFFSET: &str = "leadflow.source.offset";
     pub const ERROR_KIND: &str = "leadflow.error.kind";
     pub const ERROR_MESSAGE: &str = "leadflow.error.message";
+    /// Present ("true") when the key or value was cut to fit the topic.
+    pub const TRUNCATED: &str = "leadflow.dlq.truncated";
+    pub const ORIGINAL_KEY_BYTES: &str = "leadflow.original.key.bytes";
+    pub const ORIGINAL_VALUE_BYTES: &str = "leadflow.original.value.bytes";
 }
 
 /// Counters of one run, logged on exit and returned to callers and tests.
@@ -554,7 +574,10 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             .map(|s| config.topics.input(*s))
             .collect();
         consumer.subscribe(&topics)?;
-        let producer = Arc::new(SharedProducer::new(&config.kafka)?);
+        let producer = Arc::new(SharedProducer::new(
+            &config.kafka,
+            config.processor.dead_letter_max_bytes,
+        )?);
         Ok(Pipeline {
             config,
             store,
@@ -748,13 +771,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             }
             received += 1;
             self.sync_assignment(state);
-            let raw = RawMessage {
-                topic: message.topic().to_string(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-            };
+            let raw = RawMessage::from_message(&message);
             drop(message);
             self.buffer(raw, state, summary).await;
         }
@@ -1192,55 +1209,90 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 kind: "key_mismatch",
                 message: format!(
                     "key `{}` differs from lead_ext_id `{}`; the lead's events would be split across partitions",
-                    String::from_utf8_lossy(key),
+                    shorten(&String::from_utf8_lossy(key), 200),
                     event.lead_ext_id()
                 ),
             });
         }
+        check_event_time(&self.config.processor, &event, message.timestamp)?;
         Ok(event)
     }
 
     async fn dead_letter(&self, message: &RawMessage, rejection: &Rejection) {
-        dead_letter(&self.producer, &self.config.topics.dlq, message, rejection).await
+        dead_letter(
+            &self.producer,
+            &self.config.topics.dlq,
+            self.config.processor.dead_letter_max_bytes,
+            message,
+            rejection,
+        )
+        .await
     }
 }
 
 /// Writes a rejected message to the dead-letter topic with headers naming
 /// its source and the reason, retrying until the broker acknowledges it: a
 /// dead letter is never dropped.
+///
+/// A dead letter larger than `max_bytes` (or than the broker then accepts:
+/// `MessageSizeTooLarge` halves the budget) is written with its key and
+/// value cut to fit and headers saying so and giving the original sizes;
+/// the whole message stays in its source partition at the offset the
+/// headers name. Without that, one message just under the input limit
+/// would stall its partition for good.
 pub async fn dead_letter(
     producer: &SharedProducer,
     topic: &str,
+    max_bytes: usize,
     message: &RawMessage,
     rejection: &Rejection,
 ) {
+    let error_message = shorten(&rejection.message, MAX_ERROR_HEADER_BYTES);
     warn!(
         topic = %message.topic,
         partition = message.partition,
         offset = message.offset,
         kind = rejection.kind,
-        error = %rejection.message,
+        error = %error_message,
         "dead-lettering message"
     );
     let partition = message.partition.to_string();
     let offset = message.offset.to_string();
+    let key = message.key.as_deref();
+    let payload = message.payload.as_deref();
+    let key_len = key.map_or(0, <[u8]>::len).to_string();
+    let payload_len = payload.map_or(0, <[u8]>::len).to_string();
+    let mut budget = max_bytes;
     let mut delay = Duration::from_millis(200);
     loop {
-        let headers = OwnedHeaders::new()
+        let (key_part, payload_part) = fit_dead_letter(key, payload, budget);
+        let truncated = key_part.map(<[u8]>::len) != key.map(<[u8]>::len)
+            || payload_part.map(<[u8]>::len) != payload.map(<[u8]>::len);
+        let mut headers = OwnedHeaders::new()
             .insert(header(dlq_headers::SOURCE_TOPIC, &message.topic))
             .insert(header(dlq_headers::SOURCE_PARTITION, &partition))
             .insert(header(dlq_headers::SOURCE_OFFSET, &offset))
             .insert(header(dlq_headers::ERROR_KIND, rejection.kind))
-            .insert(header(dlq_headers::ERROR_MESSAGE, &rejection.message));
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-        if let Some(key) = &message.key {
-            record = record.key(key.as_slice());
+            .insert(header(dlq_headers::ERROR_MESSAGE, &error_message));
+        if truncated {
+            headers = headers
+                .insert(header(dlq_headers::TRUNCATED, "true"))
+                .insert(header(dlq_headers::ORIGINAL_KEY_BYTES, &key_len))
+                .insert(header(dlq_headers::ORIGINAL_VALUE_BYTES, &payload_len));
         }
-        if let Some(payload) = &message.payload {
-            record = record.payload(payload.as_slice());
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = key_part {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload_part {
+            record = record.payload(payload);
         }
         match producer.get().send(record, Duration::from_secs(30)).await {
             Ok(_) => return,
+            Err((KafkaError::MessageProduction(code), _)) if is_too_large(code) && budget > 0 => {
+                budget /= 2;
+                warn!(error = %code, topic = %topic, budget, "dead letter too large for the broker; cutting it down");
+            }
             Err((e, _)) => {
                 producer.renew_if_failed();
                 warn!(error = %e, topic = %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter write failed, retrying");
@@ -1249,6 +1301,95 @@ pub async fn dead_letter(
             }
         }
     }
+}
+
+/// Longest error text a dead letter's header carries.
+const MAX_ERROR_HEADER_BYTES: usize = 1_000;
+
+/// Room kept in a dead letter's budget for its headers and record framing.
+const DEAD_LETTER_OVERHEAD_BYTES: usize = 2_048;
+
+fn is_too_large(code: rdkafka::error::RDKafkaErrorCode) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge
+    )
+}
+
+/// The key and value a dead letter carries within `budget` bytes: whole
+/// when they fit, otherwise the key cut to at most a quarter of the budget
+/// and the value to what is left.
+pub fn fit_dead_letter<'a>(
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    budget: usize,
+) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+    let room = budget.saturating_sub(DEAD_LETTER_OVERHEAD_BYTES);
+    let key_len = key.map_or(0, <[u8]>::len);
+    let payload_len = payload.map_or(0, <[u8]>::len);
+    if key_len + payload_len <= room {
+        return (key, payload);
+    }
+    let key_room = key_len.min(room / 4);
+    let payload_room = payload_len.min(room - key_room);
+    (
+        key.map(|k| &k[..key_room]),
+        payload.map(|p| &p[..payload_room]),
+    )
+}
+
+/// Refuses an event dated before `processor.earliest_event_time`, or more
+/// than `processor.max_event_time_ahead_ms` after the moment its record
+/// entered the log (its Kafka timestamp; the wall clock for a record
+/// without one). Both bounds follow from the log itself, so a replay of the
+/// log decides the same: a microsecond or seconds timestamp, or a date in
+/// year 9999, never joins the merge, where it would hold its partition's
+/// other events back.
+pub fn check_event_time(
+    processor: &crate::config::ProcessorConfig,
+    event: &InputEvent,
+    record_time: Option<Millis>,
+) -> Result<(), Rejection> {
+    let at = event.occurred_at();
+    let earliest = processor.earliest_event_time_millis();
+    if at < earliest {
+        return Err(Rejection {
+            kind: "event_time_out_of_range",
+            message: format!(
+                "occurred_at {at} ({}) is before processor.earliest_event_time {} (seconds instead of milliseconds?)",
+                crate::events::timestamp::format(at),
+                processor.earliest_event_time
+            ),
+        });
+    }
+    let reference = record_time.unwrap_or_else(wall_clock_millis);
+    let ahead = at.saturating_sub(reference);
+    if ahead > processor.max_event_time_ahead_ms as i64 {
+        return Err(Rejection {
+            kind: "event_time_out_of_range",
+            message: format!(
+                "occurred_at {at} ({}) is {} ms after the record was written ({}), more than processor.max_event_time_ahead_ms = {} (microseconds instead of milliseconds?)",
+                crate::events::timestamp::format(at),
+                ahead,
+                crate::events::timestamp::format(reference),
+                processor.max_event_time_ahead_ms
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 fn header<'h>(key: &'h str, value: &'h str) -> Header<'h, &'h str> {

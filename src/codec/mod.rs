@@ -4,14 +4,20 @@
 //!   when a schema registry is configured; writer schemas are fetched by id
 //!   and cached, our schemas are registered under `<topic>-value`.
 //! - Avro single-object encoding (`0xC3 0x01` + 8-byte little-endian
-//!   CRC-64-AVRO fingerprint + datum) when none is. Readers know the
-//!   fingerprints of the current schemas and of every older version kept in
-//!   `schemas/history/`, which is how a reader of today's schema reads a
-//!   record an older producer wrote.
+//!   CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form + datum)
+//!   when none is. Readers know the fingerprints of the current schemas and
+//!   of every older version kept in `schemas/history/`, which is how a
+//!   reader of today's schema reads a record an older producer wrote. Until
+//!   this release the fingerprints were computed from apache-avro's
+//!   non-standard canonical form ([`canonical`]); those are still read.
 //! - JSON (a UTF-8 object) on input, for upstream convenience.
 //!
-//! Decoding always resolves the writer's schema against our current (reader)
-//! schema, following Avro's schema-resolution rules.
+//! Decoding first proves the datum well formed and bounded for the writer's
+//! schema ([`bounded`]), then resolves the writer's schema against our
+//! current (reader) schema, following Avro's schema-resolution rules.
+
+pub mod bounded;
+pub mod canonical;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,6 +26,8 @@ use std::time::Duration;
 use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use serde::Deserialize;
+
+use bounded::NamedTypes;
 
 use crate::events::{
     DeliveryEvent, ForecastEvent, InputEvent, InputStream, InteractionEvent, LeadEvent, LeadScore,
@@ -31,34 +39,34 @@ const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 
 /// `(file name, schema text)` of every current schema, compiled in from `schemas/`.
 pub const CURRENT_SCHEMAS: &[(&str, &str)] = &[
-    ("LeadEvent", include_str!("../schemas/LeadEvent.avsc")),
+    ("LeadEvent", include_str!("../../schemas/LeadEvent.avsc")),
     (
         "InteractionEvent",
-        include_str!("../schemas/InteractionEvent.avsc"),
+        include_str!("../../schemas/InteractionEvent.avsc"),
     ),
     (
         "StageChangeEvent",
-        include_str!("../schemas/StageChangeEvent.avsc"),
+        include_str!("../../schemas/StageChangeEvent.avsc"),
     ),
-    ("LeadScore", include_str!("../schemas/LeadScore.avsc")),
+    ("LeadScore", include_str!("../../schemas/LeadScore.avsc")),
     (
         "OutboundMessage",
-        include_str!("../schemas/OutboundMessage.avsc"),
+        include_str!("../../schemas/OutboundMessage.avsc"),
     ),
     (
         "DeliveryEvent",
-        include_str!("../schemas/DeliveryEvent.avsc"),
+        include_str!("../../schemas/DeliveryEvent.avsc"),
     ),
     (
         "ForecastEvent",
-        include_str!("../schemas/ForecastEvent.avsc"),
+        include_str!("../../schemas/ForecastEvent.avsc"),
     ),
 ];
 
 /// Older versions still accepted from producers (single-object encoding).
 pub const HISTORICAL_SCHEMAS: &[(&str, &str)] = &[(
     "LeadEvent",
-    include_str!("../schemas/history/LeadEvent.v1.avsc"),
+    include_str!("../../schemas/history/LeadEvent.v1.avsc"),
 )];
 
 /// Why a message could not be decoded. `kind()` is the stable reason that
@@ -125,12 +133,24 @@ impl CodecError {
 struct KnownSchema {
     name: String,
     schema: Arc<Schema>,
+    names: NamedTypes,
 }
 
-/// The parsed schemas, looked up by record name (current) or fingerprint (any version).
+impl KnownSchema {
+    fn new(schema: Schema) -> Self {
+        KnownSchema {
+            name: record_name(&schema),
+            names: bounded::named_types(&schema),
+            schema: Arc::new(schema),
+        }
+    }
+}
+
+/// The parsed schemas, looked up by record name (current) or fingerprint
+/// (any version, standard or legacy fingerprint).
 pub struct SchemaSet {
-    current: HashMap<&'static str, (Arc<Schema>, [u8; 8])>,
-    by_fingerprint: HashMap<[u8; 8], KnownSchema>,
+    current: HashMap<&'static str, (Arc<Schema>, [u8; 8], &'static str)>,
+    by_fingerprint: HashMap<[u8; 8], Arc<KnownSchema>>,
 }
 
 impl SchemaSet {
@@ -144,20 +164,15 @@ impl SchemaSet {
         for (&(name, text), is_current) in all {
             // The schemas are compiled in and covered by tests; a parse
             // failure is a build defect, not a runtime condition.
-            let schema = Arc::new(
+            let known = Arc::new(KnownSchema::new(
                 Schema::parse_str(text).unwrap_or_else(|e| panic!("schemas/{name}.avsc: {e}")),
-            );
-            let fingerprint = fingerprint(&schema);
+            ));
+            let standard = fingerprint(text).unwrap_or_else(|e| panic!("schemas/{name}.avsc: {e}"));
             if is_current {
-                current.insert(name, (schema.clone(), fingerprint));
+                current.insert(name, (known.schema.clone(), standard, text));
             }
-            by_fingerprint.insert(
-                fingerprint,
-                KnownSchema {
-                    name: name.to_string(),
-                    schema,
-                },
-            );
+            by_fingerprint.insert(legacy_fingerprint(&known.schema), known.clone());
+            by_fingerprint.insert(standard, known);
         }
         SchemaSet {
             current,
@@ -176,9 +191,22 @@ impl SchemaSet {
     pub fn current_fingerprint(&self, name: &str) -> [u8; 8] {
         self.current[name].1
     }
+
+    /// The schema's text as in `schemas/`, with docs, defaults and logical types.
+    pub fn current_text(&self, name: &str) -> &'static str {
+        self.current[name].2
+    }
 }
 
-pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+/// The standard single-object fingerprint of a schema given as JSON text:
+/// CRC-64-AVRO of its Parsing Canonical Form, little-endian.
+pub fn fingerprint(schema_json: &str) -> Result<[u8; 8], canonical::CanonicalFormError> {
+    canonical::fingerprint(schema_json)
+}
+
+/// The fingerprint leadflow wrote before it followed the specification
+/// (apache-avro's own canonical form); still accepted on input.
+pub fn legacy_fingerprint(schema: &Schema) -> [u8; 8] {
     let bytes = schema.fingerprint::<Rabin>().bytes;
     bytes
         .try_into()
@@ -200,7 +228,7 @@ pub struct RegistryClient {
     base_url: String,
     http: reqwest::Client,
     by_id: RwLock<HashMap<u32, Arc<KnownSchema>>>,
-    ids: RwLock<HashMap<(String, [u8; 8]), u32>>,
+    ids: RwLock<HashMap<(String, &'static str), u32>>,
 }
 
 #[derive(Deserialize)]
@@ -261,10 +289,7 @@ impl RegistryClient {
         let schema = Schema::parse_str(&body.schema).map_err(|e| {
             CodecError::RegistryRejected(format!("schema id {id} does not parse: {e}"))
         })?;
-        let known = Arc::new(KnownSchema {
-            name: record_name(&schema),
-            schema: Arc::new(schema),
-        });
+        let known = Arc::new(KnownSchema::new(schema));
         self.by_id
             .write()
             .expect("registry cache")
@@ -272,8 +297,16 @@ impl RegistryClient {
         Ok(known)
     }
 
-    async fn register(&self, subject: &str, schema: &Schema) -> Result<u32, CodecError> {
-        let key = (subject.to_string(), fingerprint(schema));
+    /// Registers the schema's full text (docs, defaults, logical types), so
+    /// that consumers reading with it see timestamps as timestamps and the
+    /// registry can check the compatibility of the next version.
+    async fn register(
+        &self,
+        subject: &str,
+        record: &'static str,
+        schema_text: &str,
+    ) -> Result<u32, CodecError> {
+        let key = (subject.to_string(), record);
         if let Some(id) = self.ids.read().expect("registry cache").get(&key) {
             return Ok(*id);
         }
@@ -282,7 +315,7 @@ impl RegistryClient {
             .http
             .post(&url)
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .json(&serde_json::json!({ "schema": schema.canonical_form() }))
+            .json(&serde_json::json!({ "schema": schema_text }))
             .send()
             .await
             .map_err(|e| CodecError::RegistryUnavailable(format!("POST {url}: {e}")))?;
@@ -338,7 +371,13 @@ impl Codec {
         let datum = avro_datum(schema, value)?;
         match &self.registry {
             Some(registry) => {
-                let id = registry.register(&format!("{topic}-value"), schema).await?;
+                let id = registry
+                    .register(
+                        &format!("{topic}-value"),
+                        T::NAME,
+                        self.schemas.current_text(T::NAME),
+                    )
+                    .await?;
                 let mut out = Vec::with_capacity(5 + datum.len());
                 out.push(CONFLUENT_MAGIC);
                 out.extend_from_slice(&id.to_be_bytes());
@@ -413,24 +452,21 @@ impl Codec {
                 found: writer.name.clone(),
             });
         }
+        bounded::check_datum(&writer.schema, &writer.names, datum)?;
         let reader = self.schemas.current(T::NAME);
-        let mut cursor = datum;
-        let value = apache_avro::from_avro_datum(&writer.schema, &mut cursor, Some(reader))
-            .map_err(|e| {
-                let message = e.to_string();
-                if message.contains("failed to fill whole buffer") || message.contains("EOF") {
-                    CodecError::Truncated(message)
-                } else {
-                    CodecError::InvalidAvro(message)
-                }
-            })?;
-        if !cursor.is_empty() {
-            return Err(CodecError::InvalidAvro(format!(
-                "{} trailing bytes after the datum",
-                cursor.len()
-            )));
-        }
-        apache_avro::from_value(&value).map_err(|e| CodecError::InvalidAvro(e.to_string()))
+        // The bounded pass leaves apache-avro nothing to trip on; should it
+        // panic all the same, the message is dead-lettered, not the process.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut cursor = datum;
+            let value = apache_avro::from_avro_datum(&writer.schema, &mut cursor, Some(reader))
+                .map_err(|e| CodecError::InvalidAvro(e.to_string()))?;
+            apache_avro::from_value::<T>(&value).map_err(|e| CodecError::InvalidAvro(e.to_string()))
+        }));
+        decoded.unwrap_or_else(|_| {
+            Err(CodecError::InvalidAvro(
+                "the Avro decoder failed on this datum (internal panic)".into(),
+            ))
+        })
     }
 
     /// Decodes and validates a message from one of the input topics.
