@@ -4,6 +4,8 @@
 //! producer wrote. The Confluent path runs against a local HTTP server that
 //! speaks the Schema Registry's REST API.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::zigzag;
 use leadflow::codec::{
     fingerprint, legacy_fingerprint, Codec, CodecError, RegistryClient, CURRENT_SCHEMAS,
     HISTORICAL_SCHEMAS,
@@ -452,17 +455,6 @@ async fn a_huge_count_claim_is_refused_without_allocating() {
     let err = codec.decode::<LeadEvent>(&hostile).await.unwrap_err();
     assert_eq!(err.kind(), "truncated", "{err}");
     assert!(err.to_string().contains("500000000"), "{err}");
-}
-
-fn zigzag(v: i64) -> Vec<u8> {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    let mut out = Vec::new();
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-    out
 }
 
 #[tokio::test]

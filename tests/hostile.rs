@@ -22,7 +22,7 @@ use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use common::{all_states, assert_same_states, clean_run, read_topic, test_config};
+use common::{all_states, assert_same_states, clean_run, read_topic, test_config, zigzag};
 
 const JAN_2026: Millis = 1_767_225_600_000;
 
@@ -99,17 +99,6 @@ fn delivery(id: &str, at: Millis) -> DeliveryEvent {
         provider_message_id: Some("sg-1".into()),
         reason: Some("ok".into()),
     }
-}
-
-fn zigzag(v: i64) -> Vec<u8> {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    let mut out = Vec::new();
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-    out
 }
 
 fn avro_string(s: &str) -> Vec<u8> {

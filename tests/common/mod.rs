@@ -455,3 +455,15 @@ pub fn read_dead_letters(config: &Config) -> Vec<(String, String, String)> {
     out.sort();
     out
 }
+
+/// Avro's zigzag varint encoding of a long, for hand-made (hostile) datums.
+pub fn zigzag(v: i64) -> Vec<u8> {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    let mut out = Vec::new();
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+    out
+}
