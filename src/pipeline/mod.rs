@@ -535,6 +535,8 @@ pub struct Pipeline<S: LeadStore + 'static> {
     assignment: Arc<Assignment>,
     models: Arc<ModelSlot>,
     clock: Arc<dyn Clock>,
+    /// `processor.earliest_event_time`, parsed once.
+    earliest_event_time: Millis,
 }
 
 impl<S: LeadStore + 'static> Pipeline<S> {
@@ -579,7 +581,6 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             config.processor.dead_letter_max_bytes,
         )?);
         Ok(Pipeline {
-            config,
             store,
             codec,
             metrics,
@@ -588,6 +589,8 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             assignment,
             models: Arc::new(ModelSlot::default()),
             clock: Arc::new(WallClock),
+            earliest_event_time: config.processor.earliest_event_time_millis(),
+            config,
         })
     }
 
@@ -1214,7 +1217,12 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 ),
             });
         }
-        check_event_time(&self.config.processor, &event, message.timestamp)?;
+        check_event_time(
+            &self.config.processor,
+            self.earliest_event_time,
+            &event,
+            message.timestamp,
+        )?;
         Ok(event)
     }
 
@@ -1346,13 +1354,15 @@ pub fn fit_dead_letter<'a>(
 /// log decides the same: a microsecond or seconds timestamp, or a date in
 /// year 9999, never joins the merge, where it would hold its partition's
 /// other events back.
+/// `earliest` is `processor.earliest_event_time` as millis, parsed once by
+/// the caller rather than per event.
 pub fn check_event_time(
     processor: &crate::config::ProcessorConfig,
+    earliest: Millis,
     event: &InputEvent,
     record_time: Option<Millis>,
 ) -> Result<(), Rejection> {
     let at = event.occurred_at();
-    let earliest = processor.earliest_event_time_millis();
     if at < earliest {
         return Err(Rejection {
             kind: "event_time_out_of_range",
