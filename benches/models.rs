@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use leadflow::lead::{apply, ApplyContext, LeadState};
-use leadflow::scoring::features::{feature_defs, FeatureValue};
-use leadflow::scoring::training::{train, Dataset, NoProgress, TrainingConfig};
-use leadflow::scoring::ScoringConfig;
+use leadflow::core::apply::{apply, ApplyContext};
+use leadflow::core::state::LeadState;
+use leadflow::ml::features::{feature_defs, FeatureValue};
+use leadflow::ml::training::{train, Dataset, NoProgress, TrainingConfig};
+use leadflow::ml::ScoringConfig;
 use leadflow::simulate::{lead_events, SimulationParams};
 use rayon::prelude::*;
 
@@ -37,9 +38,8 @@ fn dataset(leads: u32, scoring: &ScoringConfig) -> Dataset {
     };
     let features = feature_defs(&scoring.features);
     let ctx = ApplyContext {
-        scoring,
+        score: scoring.policy(),
         dedup_window: 64,
-        now: START,
         model: None,
         nurture: None,
     };
@@ -104,7 +104,7 @@ fn leadflow_row(dataset: &Dataset, config: &TrainingConfig) -> (Row, usize, f64)
     let score_us_per_row = started.elapsed().as_secs_f64() / holdout.len() as f64 * 1e6;
     assert!(checksum.is_finite());
     let trees = match &outcome.model.learner {
-        leadflow::scoring::model::Learner::GradientBoosting(b) => b.trees.len(),
+        leadflow::ml::model::Learner::GradientBoosting(b) => b.trees.len(),
         _ => 0,
     };
     (

@@ -21,8 +21,8 @@ use axum::routing::post;
 use axum::Router;
 use leadflow::codec::Codec;
 use leadflow::config::Config;
+use leadflow::core::state::{ChannelConsent, LeadState};
 use leadflow::events::{Channel, OutboundMessage};
-use leadflow::lead::{ChannelConsent, LeadState};
 use leadflow::metrics::Metrics;
 use leadflow::notify::worker::NotifyWorker;
 use leadflow::store::{BatchWrite, LeadStore, LeadWrite, SqliteStore};
@@ -102,7 +102,7 @@ async fn main() {
     let mut acks = Vec::with_capacity(total);
     for s in &states {
         let m = OutboundMessage {
-            message_id: leadflow::nurture::message_id(&s.lead_ext_id, "bench", "welcome", 0),
+            message_id: leadflow::core::ids::message_id(&s.lead_ext_id, "bench", "welcome", 0),
             lead_ext_id: s.lead_ext_id.clone(),
             channel: Channel::Email,
             to: s.email.clone().unwrap(),

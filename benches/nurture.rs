@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use leadflow::config::Config;
-use leadflow::lead::Output;
-use leadflow::nurture::experiments::report;
+use leadflow::core::apply::Output;
+use leadflow::core::nurture::experiments::report;
 use leadflow::pipeline::replay::replay;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, SqliteStore};

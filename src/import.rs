@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
 use crate::config::Config;
+use crate::core::apply::BatchClock;
 use crate::events::{InputEvent, LeadEvent, LeadEventKind, Millis, Stage, StageChangeEvent};
+use crate::ml::training::{parse_outcome, parse_time};
 use crate::pipeline::replay::apply_in_batches;
-use crate::pipeline::BatchClock;
 use crate::pipeline::RunSummary;
-use crate::scoring::training::{parse_outcome, parse_time};
 use crate::store::{LeadStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]

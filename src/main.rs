@@ -15,17 +15,17 @@ use leadflow::config::Config;
 use leadflow::events::{timestamp, InputEvent, MILLIS_PER_DAY};
 use leadflow::kafka::{self, InputFormat, TopicOutcome};
 use leadflow::metrics::Metrics;
+use leadflow::ml::evaluation::Metrics as ModelMetrics;
+use leadflow::ml::features::FeatureValue;
+use leadflow::ml::model::{ModelType, TrainedModel};
+use leadflow::ml::table::ColumnKind;
+use leadflow::ml::training::{evaluate_model, CsvSpec, Dataset, Progress};
+use leadflow::ml::ActiveModel;
 use leadflow::notify::worker::NotifyWorker;
 use leadflow::pipeline::{replay, Pipeline, RunOptions};
-use leadflow::scoring::evaluation::Metrics as ModelMetrics;
-use leadflow::scoring::features::FeatureValue;
-use leadflow::scoring::model::{ModelType, TrainedModel};
-use leadflow::scoring::registry::{
+use leadflow::registry::{
     dataset_from_store, load_model, train_and_register, Activation, StoredMetrics,
 };
-use leadflow::scoring::training::{evaluate_model, CsvSpec, Dataset, Progress};
-use leadflow::scoring::trees::ColumnKind;
-use leadflow::scoring::ActiveModel;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, Store};
 
@@ -289,10 +289,10 @@ async fn dispatch(command: Command, config: Config) -> Result<()> {
 }
 
 /// Messages per sequence, template and variant, as a replay produced them.
-fn print_message_counts(outputs: &[leadflow::lead::Output]) {
+fn print_message_counts(outputs: &[leadflow::core::apply::Output]) {
     let mut counts: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
     for o in outputs {
-        if let leadflow::lead::Output::Message(m) = o {
+        if let leadflow::core::apply::Output::Message(m) = o {
             let variant = m.variant.clone().unwrap_or_else(|| "-".into());
             *counts
                 .entry((m.sequence.clone(), m.template.clone(), variant))
@@ -315,7 +315,7 @@ async fn experiments(config: Config, args: ExperimentsArgs) -> Result<()> {
     let store = open_store(&config).await?;
     let counts = store.experiment_counts().await?;
     let order = config.nurture.sequences.0.experiments();
-    let reports = leadflow::nurture::experiments::report(&counts, &order);
+    let reports = leadflow::core::nurture::experiments::report(&counts, &order);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());

@@ -16,8 +16,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::lead::LeadState;
-use crate::nurture::experiments::VariantCounts;
+use crate::core::nurture::experiments::VariantCounts;
+use crate::core::state::LeadState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -412,6 +412,29 @@ pub trait LeadStore: Send + Sync {
         recipient_hash: &str,
         since: i64,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// Retries a store operation while its error is transient, with capped
+/// exponential backoff. The loop never skips ahead: it waits.
+pub async fn with_store_retry<T, F, Fut>(
+    what: &str,
+    metrics: &crate::metrics::Metrics,
+    op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    crate::retry::retry_transient(
+        crate::retry::Backoff::outage(),
+        StoreError::is_transient,
+        |e, delay| {
+            metrics.store_retries.inc();
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}: store unavailable, retrying");
+        },
+        op,
+    )
+    .await
 }
 
 pub struct PgStore {

@@ -17,7 +17,7 @@ use leadflow::codec::Codec;
 use leadflow::config::Config;
 use leadflow::events::*;
 use leadflow::kafka::{self, InputFormat};
-use leadflow::pipeline::dlq_headers;
+use leadflow::kafka::deadletter::dlq_headers;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
 use rdkafka::producer::{FutureProducer, FutureRecord};

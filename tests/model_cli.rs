@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::TestSqlite;
+use leadflow::core::state::LeadState;
 use leadflow::events::Stage;
-use leadflow::lead::LeadState;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
 
@@ -246,7 +246,7 @@ async fn import_train_list_evaluate_and_score_from_the_command_line() {
     // The rep's probability and the source carry signal: the scores rank
     // won above lost far better than chance.
     let (p, y): (Vec<f64>, Vec<f64>) = probabilities.into_iter().unzip();
-    let auc = leadflow::scoring::evaluation::roc_auc(&p, &y);
+    let auc = leadflow::ml::evaluation::roc_auc(&p, &y);
     assert!(auc > 0.65, "auc {auc}");
 
     let unknown = leadflow(&db.url, &["model", "activate", "77"]);

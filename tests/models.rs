@@ -12,13 +12,13 @@ use leadflow::codec::Codec;
 use leadflow::config::Config;
 use leadflow::events::{InputEvent, LeadScore, MILLIS_PER_DAY};
 use leadflow::kafka::{self, InputFormat};
+use leadflow::ml::model::ModelType;
+use leadflow::ml::training::{evaluate_model, NoProgress};
 use leadflow::pipeline::replay::replay;
-use leadflow::scoring::model::ModelType;
-use leadflow::scoring::registry::{
+use leadflow::registry::{
     dataset_from_store, load_active, load_model, train_and_register, Activation, Registered,
     StoredMetrics,
 };
-use leadflow::scoring::training::{evaluate_model, NoProgress};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, StoreError};
 
@@ -82,7 +82,7 @@ async fn models_beat_the_rule_score_and_live_in_the_registry<S: LeadStore + 'sta
         .position(|f| f.name == "stage")
         .unwrap();
     for e in &dataset.examples {
-        let leadflow::scoring::features::FeatureValue::Category(Some(s)) = &e.values[stage] else {
+        let leadflow::ml::features::FeatureValue::Category(Some(s)) = &e.values[stage] else {
             panic!("stage missing")
         };
         assert!(

@@ -18,8 +18,8 @@ use axum::Router;
 use common::*;
 use leadflow::codec::Codec;
 use leadflow::config::Config;
+use leadflow::core::state::{ChannelConsent, LeadState};
 use leadflow::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
-use leadflow::lead::{ChannelConsent, LeadState};
 use leadflow::metrics::Metrics;
 use leadflow::notify::worker::{NotifyError, NotifyWorker};
 use leadflow::store::{BatchWrite, LeadStore, LeadWrite, StoreError};
@@ -264,7 +264,7 @@ async fn store_leads<S: LeadStore>(store: &S, config: &Config, leads: &[(&str, &
 
 fn message(lead: &str, channel: Channel, to: &str, template: &str) -> OutboundMessage {
     OutboundMessage {
-        message_id: leadflow::nurture::message_id(lead, "premium", template, 0),
+        message_id: leadflow::core::ids::message_id(lead, "premium", template, 0),
         lead_ext_id: lead.into(),
         channel,
         to: to.into(),
@@ -835,7 +835,7 @@ async fn a_processor_message_is_sent_and_its_delivery_reaches_the_lead<S: LeadSt
         Consent, InputEvent, InteractionEvent, InteractionKind, LeadEvent, LeadEventKind,
     };
     const DAY: i64 = 86_400_000;
-    let now = leadflow::pipeline::wall_clock_millis();
+    let now = leadflow::core::clock::wall_clock_millis();
     let t0 = now - 3 * DAY;
     let (fake, provider_url) = start_fake().await;
     let mut config = notify_config(url, &provider_url);
@@ -1087,7 +1087,7 @@ async fn hostile_messages_never_stall_or_crash_the_worker<S: LeadStore + 'static
     let reasons: Vec<String> = letters
         .iter()
         .map(|l| {
-            l.header(leadflow::pipeline::dlq_headers::ERROR_MESSAGE)
+            l.header(leadflow::kafka::deadletter::dlq_headers::ERROR_MESSAGE)
                 .unwrap()
                 .to_string()
         })
@@ -1111,11 +1111,11 @@ async fn hostile_messages_never_stall_or_crash_the_worker<S: LeadStore + 'static
         .find(|l| l.key.as_deref() == Some(&b"L-BIG"[..]))
         .expect("the oversize dead letter");
     assert_eq!(
-        big.header(leadflow::pipeline::dlq_headers::TRUNCATED),
+        big.header(leadflow::kafka::deadletter::dlq_headers::TRUNCATED),
         Some("true")
     );
     assert_eq!(
-        big.header(leadflow::pipeline::dlq_headers::ORIGINAL_VALUE_BYTES),
+        big.header(leadflow::kafka::deadletter::dlq_headers::ORIGINAL_VALUE_BYTES),
         Some("1010000")
     );
     let payload = big.payload.as_deref().unwrap();

@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 
 use leadflow::codec::Codec;
 use leadflow::config::{ClockMode, Config};
+use leadflow::core::clock::ManualClock;
+use leadflow::core::nurture::sequences::SequenceSet;
+use leadflow::core::nurture::{FrequencyCap, Sequences};
+use leadflow::core::state::Status;
 use leadflow::events::{
     Channel, Consent, DeliveryEvent, DeliveryStatus, InputEvent, InteractionEvent, InteractionKind,
     LeadEvent, LeadEventKind, Millis, Stage, StageChangeEvent, MILLIS_PER_DAY,
 };
 use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
-use leadflow::nurture::sequences::SequenceSet;
-use leadflow::nurture::{FrequencyCap, Sequences, Status};
-use leadflow::pipeline::timers::ManualClock;
 use leadflow::pipeline::{Pipeline, RunOptions};
 use leadflow::store::LeadStore;
 
@@ -381,7 +382,7 @@ async fn nurtures_on_a_controllable_clock<S: LeadStore + 'static>(store: Arc<S>,
     }
     assert_eq!(
         welcome.message_id,
-        leadflow::nurture::message_id("PRM-1", "premium", "premium_welcome", 0)
+        leadflow::core::ids::message_id("PRM-1", "premium", "premium_welcome", 0)
     );
 
     let state = |id: &'static str| {

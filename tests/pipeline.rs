@@ -14,7 +14,8 @@ use leadflow::config::Config;
 use leadflow::events::{InputEvent, InteractionKind, Millis, Stage};
 use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
-use leadflow::pipeline::{dlq_headers, Pipeline, PipelineError, RunOptions, RunSummary};
+use leadflow::kafka::deadletter::dlq_headers;
+use leadflow::pipeline::{Pipeline, PipelineError, RunOptions, RunSummary};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
 

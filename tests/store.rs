@@ -5,8 +5,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use leadflow::core::state::{
+    ChannelConsent, InteractionStats, LeadState, ScoreSnapshot, StageTransition,
+};
 use leadflow::events::{InteractionKind, Segment, Stage};
-use leadflow::lead::{ChannelConsent, InteractionStats, LeadState, ScoreSnapshot, StageTransition};
 use leadflow::store::{
     BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, PartitionOffset, StoreError,
 };
@@ -412,7 +414,7 @@ async fn timers_are_found_by_partition_and_fired_once<S: LeadStore>(store: Arc<S
 }
 
 async fn experiment_members_are_counted_per_variant<S: LeadStore>(store: Arc<S>, _url: &str) {
-    use leadflow::nurture::Membership;
+    use leadflow::core::state::Membership;
     let member = |variant: &str, replied: bool, won: bool| Membership {
         variant: variant.into(),
         enrolled_at: 10,

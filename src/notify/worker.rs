@@ -29,10 +29,12 @@ use tracing::{error, info, warn};
 
 use crate::codec::Codec;
 use crate::config::Config;
+use crate::core::clock::wall_clock_millis;
 use crate::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
+use crate::kafka::deadletter::{DeadLetters, RawMessage, Rejection};
 use crate::kafka::{client_config, SharedProducer};
 use crate::metrics::Metrics;
-use crate::pipeline::{dead_letter, wall_clock_millis, with_store_retry, RawMessage, Rejection};
+use crate::store::with_store_retry;
 use crate::store::{DeliveryClaim, DeliveryOutcome, DeliveryRecord, LeadStore, StoreError};
 
 use super::limiter::RateLimiter;
@@ -82,7 +84,8 @@ struct Shared<S> {
     config: Config,
     store: Arc<S>,
     codec: Arc<Codec>,
-    producer: SharedProducer,
+    producer: Arc<SharedProducer>,
+    dead_letters: DeadLetters,
     metrics: Arc<Metrics>,
     sendgrid: SendGrid,
     twilio: Twilio,
@@ -126,8 +129,18 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
         // keeps network jitter from pushing two paced requests into one
         // provider second.
         let second = Duration::from_millis(1_000 + RATE_GUARD_MS);
+        let producer = Arc::new(SharedProducer::new(
+            &config.kafka,
+            config.processor.dead_letter_max_bytes,
+        )?);
         let shared = Shared {
-            producer: SharedProducer::new(&config.kafka, config.processor.dead_letter_max_bytes)?,
+            dead_letters: DeadLetters::new(
+                producer.clone(),
+                &config.topics.dlq,
+                config.processor.dead_letter_max_bytes,
+                metrics.clone(),
+            ),
+            producer,
             sendgrid: SendGrid::new(config.notify.sendgrid.clone(), timeout)?,
             twilio: Twilio::new(config.notify.twilio.clone(), timeout)?,
             email_limit: Mutex::new(RateLimiter::new(
@@ -330,10 +343,6 @@ fn commit(
     }
 }
 
-fn recipient_hash(channel: Channel, to: &str) -> String {
-    crate::lead::output_id(&to.trim().to_lowercase(), "recipient", channel.as_str())
-}
-
 impl<S: LeadStore + 'static> Shared<S> {
     fn now(&self) -> Duration {
         self.origin.elapsed()
@@ -343,21 +352,19 @@ impl<S: LeadStore + 'static> Shared<S> {
         let message = match self.decode(raw).await {
             Ok(m) => m,
             Err(reason) => {
-                dead_letter(
-                    &self.producer,
-                    &self.config.topics.dlq,
-                    self.config.processor.dead_letter_max_bytes,
-                    raw,
-                    &Rejection {
-                        kind: "invalid_message",
-                        message: reason,
-                    },
-                )
-                .await;
+                self.dead_letters
+                    .send(
+                        raw,
+                        &Rejection {
+                            kind: "invalid_message",
+                            message: reason,
+                        },
+                    )
+                    .await;
                 return Ok(Handled::Invalid);
             }
         };
-        let hash = recipient_hash(message.channel, &message.to);
+        let hash = crate::core::ids::recipient_hash(message.channel.as_str(), &message.to);
         let n = self
             .claims
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -447,17 +454,15 @@ impl<S: LeadStore + 'static> Shared<S> {
             "sent" => Handled::Sent,
             "dropped" => Handled::Dropped,
             _ => {
-                dead_letter(
-                    &self.producer,
-                    &self.config.topics.dlq,
-                    self.config.processor.dead_letter_max_bytes,
-                    raw,
-                    &Rejection {
-                        kind: "delivery_failed",
-                        message: reason.unwrap_or_default(),
-                    },
-                )
-                .await;
+                self.dead_letters
+                    .send(
+                        raw,
+                        &Rejection {
+                            kind: "delivery_failed",
+                            message: reason.unwrap_or_default(),
+                        },
+                    )
+                    .await;
                 match status {
                     "bounced" => Handled::Bounced,
                     _ => Handled::Failed {
@@ -536,7 +541,7 @@ impl<S: LeadStore + 'static> Shared<S> {
         let Some(lead) = lead else {
             return Ok(Some("lead not found (erased)".into()));
         };
-        if let Some(reason) = crate::nurture::channel_blocked(&lead, message.channel) {
+        if let Some(reason) = crate::core::nurture::channel_blocked(&lead, message.channel) {
             return Ok(Some(reason));
         }
         let cap = &self.config.notify.recipient_cap;
@@ -689,7 +694,7 @@ impl<S: LeadStore + 'static> Shared<S> {
             _ => (DeliveryStatus::Failed, record.reason.clone()),
         };
         let event = DeliveryEvent {
-            event_id: crate::lead::output_id(
+            event_id: crate::core::ids::output_id(
                 &message.lead_ext_id,
                 "delivery",
                 &format!("{}\u{1f}{}", message.message_id, status.as_str()),

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::wall_clock_millis;
+use crate::core::clock::wall_clock_millis;
 use crate::events::MILLIS_PER_DAY;
 use crate::metrics::Metrics;
-use crate::scoring::registry::{
+use crate::ml::training::NoProgress;
+use crate::ml::{ActiveModel, ScoringConfig};
+use crate::registry::{
     dataset_from_store, load_active, recent_traffic, train_and_register, Activation, RegistryError,
     TRAFFIC_SAMPLE,
 };
-use crate::scoring::training::NoProgress;
-use crate::scoring::{ActiveModel, ScoringConfig};
 use crate::store::LeadStore;
 
 /// The model the next batch is scored with. A batch takes one snapshot, so

@@ -16,12 +16,13 @@ use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use crate::codec::{Codec, CodecError};
+use crate::core::apply::Output;
 use crate::kafka::SharedProducer;
-use crate::lead::Output;
 use crate::metrics::Metrics;
 use crate::store::{LeadStore, OutboxEntry};
 
-use super::{with_store_retry, Assignment};
+use super::Assignment;
+use crate::store::with_store_retry;
 
 /// Rows published per round trip to the store.
 const RELAY_BATCH: i64 = 500;

@@ -10,16 +10,17 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config::Config;
+use crate::core::apply::BatchClock;
+use crate::core::apply::Output;
+use crate::core::nurture::FireClock;
 use crate::events::InputEvent;
 use crate::kafka::partition_for_key;
-use crate::lead::Output;
-use crate::scoring::ActiveModel;
-use crate::store::{BatchWrite, LeadStore, StoreError};
+use crate::ml::ActiveModel;
+use crate::store::{LeadStore, StoreError};
 
+use super::commit::{apply_and_commit, outbox_row, prepare, Fence, Sink, Work};
 use super::merge::{MergeBuffer, Pending};
-use super::timers::fire_round;
-use super::{apply_batch, outbox_row, BatchClock, RunSummary, TouchedLead};
-use crate::nurture::FireClock;
+use super::RunSummary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -28,7 +29,7 @@ pub enum ReplayError {
     #[error("writing outputs: {0}")]
     Io(#[from] std::io::Error),
     #[error("model registry: {0}")]
-    Registry(#[from] crate::scoring::registry::RegistryError),
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// Orders a stream as the live loop would: per partition, merged by event time.
@@ -75,7 +76,7 @@ pub async fn replay<S: LeadStore>(
         *t = (*t).max(event.occurred_at());
     }
     // A replay scores with the model active when it starts, throughout.
-    let model = crate::scoring::registry::load_active(store).await?;
+    let model = crate::registry::load_active(store).await?;
     let (mut summary, mut outputs) = apply_in_batches(
         store,
         config,
@@ -108,36 +109,30 @@ pub async fn sweep_timers<S: LeadStore>(
         return Ok((0, outputs));
     }
     loop {
-        let (leads, fired) = fire_round(
-            store,
-            config,
-            &[partition],
-            FireClock::Sweep(until),
-            config.nurture.timers_per_tick,
-        )
-        .await?;
-        if leads.is_empty() {
+        let work = Work::Timers {
+            partitions: &[partition],
+            clock: FireClock::Sweep(until),
+            limit: config.nurture.timers_per_tick,
+        };
+        let fired = prepare(store, config, work).await?;
+        if fired.leads.is_empty() {
             break;
         }
         // A sweep moves every timer it fires past `until` (or ends it); one
         // still due after firing would be fetched forever.
-        if let Some(stuck) = leads
+        if let Some(stuck) = fired
+            .leads
             .iter()
             .find(|l| l.state.nurture.timer.is_some_and(|t| t <= until))
         {
             tracing::error!(lead = %stuck.state.lead_ext_id, timer = ?stuck.state.nurture.timer, "a nurturing timer does not advance; stopping the sweep");
             break;
         }
-        let touched: Vec<TouchedLead> = leads.into_iter().map(TouchedLead::from).collect();
-        store
-            .commit_batch(&BatchWrite {
-                consumer_group: &config.kafka.group_id,
-                leads: touched.iter().map(TouchedLead::write).collect(),
-                ..Default::default()
-            })
+        fired
+            .commit(store, config, Fence::None, Sink::Caller)
             .await?;
         rounds += 1;
-        outputs.extend(fired);
+        outputs.extend(fired.outputs);
     }
     Ok((rounds, outputs))
 }
@@ -156,14 +151,15 @@ pub async fn apply_in_batches<S: LeadStore>(
     let mut summary = RunSummary::default();
     let mut outputs = Vec::new();
     for chunk in ordered.chunks(config.processor.batch_size.max(1)) {
-        let applied = apply_batch(store, chunk, config, model, clock, &mut summary).await?;
-        store
-            .commit_batch(&BatchWrite {
-                consumer_group: &config.kafka.group_id,
-                leads: applied.leads.iter().map(TouchedLead::write).collect(),
-                ..Default::default()
-            })
-            .await?;
+        let work = Work::Events {
+            events: chunk,
+            model,
+            clock,
+        };
+        let applied = apply_and_commit(store, config, work, Fence::None, Sink::Caller).await?;
+        summary.applied += applied.applied;
+        summary.duplicates += applied.duplicates;
+        summary.outputs += applied.outputs.len() as u64;
         summary.consumed += chunk.len() as u64;
         summary.batches += 1;
         outputs.extend(applied.outputs.into_iter().map(|(_, o)| o));

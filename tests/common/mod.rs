@@ -319,7 +319,7 @@ pub async fn published_score_ids(config: &Config) -> Vec<String> {
 /// Every stored lead state, by id.
 pub async fn all_states<S: LeadStore>(
     store: &S,
-) -> std::collections::BTreeMap<String, leadflow::lead::LeadState> {
+) -> std::collections::BTreeMap<String, leadflow::core::state::LeadState> {
     let mut out = std::collections::BTreeMap::new();
     let mut after = String::new();
     loop {
@@ -334,7 +334,7 @@ pub async fn all_states<S: LeadStore>(
 
 /// What one clean run of `events` gives: a replay into a fresh SQLite store.
 pub struct CleanRun {
-    pub states: std::collections::BTreeMap<String, leadflow::lead::LeadState>,
+    pub states: std::collections::BTreeMap<String, leadflow::core::state::LeadState>,
     pub output_ids: std::collections::BTreeSet<String>,
     pub outputs: usize,
     /// Of the outputs, the OutboundMessages.
@@ -350,7 +350,7 @@ pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent])
     let output_ids = outputs.iter().map(|o| o.id().to_string()).collect();
     let messages = outputs
         .iter()
-        .filter(|o| matches!(o, leadflow::lead::Output::Message(_)))
+        .filter(|o| matches!(o, leadflow::core::apply::Output::Message(_)))
         .count();
     CleanRun {
         states: all_states(&store).await,
@@ -362,8 +362,8 @@ pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent])
 
 /// Asserts two sets of lead states are equal, naming the first lead that differs.
 pub fn assert_same_states(
-    actual: &std::collections::BTreeMap<String, leadflow::lead::LeadState>,
-    expected: &std::collections::BTreeMap<String, leadflow::lead::LeadState>,
+    actual: &std::collections::BTreeMap<String, leadflow::core::state::LeadState>,
+    expected: &std::collections::BTreeMap<String, leadflow::core::state::LeadState>,
 ) {
     assert_eq!(actual.len(), expected.len(), "number of leads");
     for (id, want) in expected {
@@ -436,7 +436,7 @@ pub async fn produce(config: &Config, topic: &str, key: Option<&str>, payload: &
 
 /// (source topic, error kind, error message) of every dead letter, sorted.
 pub fn read_dead_letters(config: &Config) -> Vec<(String, String, String)> {
-    use leadflow::pipeline::dlq_headers;
+    use leadflow::kafka::deadletter::dlq_headers;
     let mut out: Vec<_> = read_topic(config, &config.topics.dlq)
         .into_iter()
         .map(|m| {

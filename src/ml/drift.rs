@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::features::FeatureDef;
-use super::trees::{ColumnKind, Table};
+use crate::ml::table::{ColumnKind, Table};
 
 /// Shares are floored here so that an empty bin does not make PSI infinite.
 const FLOOR: f64 = 1e-4;

@@ -8,10 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::trees::ColumnKind;
-use super::ScoringConfig;
+use crate::core::apply::ScorePolicy;
+use crate::core::state::LeadState;
 use crate::events::{InteractionKind, Millis, MILLIS_PER_DAY};
-use crate::lead::LeadState;
+use crate::ml::table::ColumnKind;
 
 /// Custom attributes (LeadEvent.attributes) used as model features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,10 +101,10 @@ fn days_between(from: Millis, to: Millis) -> f64 {
 pub fn extract(
     state: &LeadState,
     at: Millis,
-    scoring: &ScoringConfig,
+    policy: &ScorePolicy<'_>,
     defs: &[FeatureDef],
 ) -> Vec<FeatureValue> {
-    let initial = state.initial_score(scoring, at);
+    let initial = state.initial_score(policy.rules, at);
     defs.iter()
         .map(|def| {
             let number = |v: Option<f64>| FeatureValue::Number(v.unwrap_or(f64::NAN));
@@ -138,12 +138,12 @@ pub fn extract(
                 "engagement" => number(Some(
                     state
                         .engagement
-                        .value_at(at, scoring.rules.engagement_half_life_days),
+                        .value_at(at, policy.rules.engagement_half_life_days),
                 )),
                 "stage" => category(Some(state.stage.as_str())),
                 "source" => category(state.source.as_deref()),
                 "owner" => category(state.owner.as_deref()),
-                "segment" => category(Some(scoring.segments.segment(initial).as_str())),
+                "segment" => category(Some(policy.segments.segment(initial).as_str())),
                 other => {
                     let interaction = |suffix: &str, prefix: &str| {
                         other

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::features::{Encoder, FeatureValue};
 use super::linear::Logistic;
 use super::trees::{Booster, Forest};
+use crate::core::apply::Explanation;
 use crate::events::ScoreFactor;
 
 crate::events::string_enum!(
@@ -30,16 +31,6 @@ pub struct TrainedModel {
     pub learner: Learner,
 }
 
-/// A probability and what moved it away from the model's base rate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Explained {
-    pub probability: f64,
-    /// Largest absolute contribution first: log-odds for gradient boosting
-    /// and logistic regression, the trees' mean probability (before Platt
-    /// scaling) for the random forest.
-    pub factors: Vec<ScoreFactor>,
-}
-
 impl TrainedModel {
     pub fn model_type(&self) -> ModelType {
         match self.learner {
@@ -62,7 +53,7 @@ impl TrainedModel {
     }
 
     /// The probability with the `top` features that contributed most.
-    pub fn explain(&self, values: &[FeatureValue], top: usize) -> Explained {
+    pub fn explain(&self, values: &[FeatureValue], top: usize) -> Explanation {
         let row = self.encoder.encode(values);
         let mut contributions = vec![0.0; row.len()];
         let bias = match &self.learner {
@@ -73,7 +64,7 @@ impl TrainedModel {
         let total = bias + contributions.iter().sum::<f64>();
         let probability = match &self.learner {
             Learner::RandomForest(f) => f.calibration.apply(total),
-            _ => super::trees::sigmoid(total),
+            _ => crate::ml::table::sigmoid(total),
         };
         let mut order: Vec<usize> = (0..row.len())
             .filter(|&i| contributions[i] != 0.0)
@@ -92,7 +83,7 @@ impl TrainedModel {
                 contribution: contributions[i],
             })
             .collect();
-        Explained {
+        Explanation {
             probability,
             factors,
         }

@@ -24,17 +24,18 @@ pub mod calendar;
 pub mod experiments;
 pub mod sequences;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::core::ids::message_id;
+use crate::core::state::{ChannelStop, LeadState, Membership, Note, Status};
 use crate::events::{
     Channel, DeliveryEvent, DeliveryStatus, InputEvent, InteractionEvent, InteractionKind, Millis,
     OutboundMessage, Stage, MILLIS_PER_DAY,
 };
-use crate::lead::{output_id, LeadState};
 use calendar::QuietHours;
 use sequences::{Sequence, SequenceSet, Step, Trigger};
 
@@ -177,98 +178,6 @@ impl NurtureConfig {
             Ok(window) => window.next_allowed(at, self.timezone(state)),
             Err(_) => at,
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Never entered a sequence.
-    #[default]
-    NotEnrolled,
-    Active,
-    /// Stopped by the lead's or the sales team's activity; see `reason`.
-    Paused,
-    /// Ran out of steps.
-    Completed,
-    /// Closed: nurturing is over for good.
-    Exited,
-}
-
-/// Why a channel can no longer be used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChannelStop {
-    pub reason: String,
-    pub at: Millis,
-}
-
-/// A lead's part in one experiment, counted by `leadflow experiments`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Membership {
-    pub variant: String,
-    pub enrolled_at: Millis,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replied_at: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub converted_at: Option<Millis>,
-}
-
-/// One line of the lead's nurturing history: what happened and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Note {
-    pub at: Millis,
-    pub note: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NurtureState {
-    pub status: Status,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sequence: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-    /// How many times the lead entered this sequence before (part of message ids).
-    #[serde(default)]
-    pub cycle: u32,
-    /// Step offsets count from here.
-    #[serde(default)]
-    pub anchor: Millis,
-    #[serde(default)]
-    pub next_step: usize,
-    /// When `next_step` fires (quiet hours and the cap already applied).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due: Option<Millis>,
-    /// Why the lead is paused, completed or out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Entries per sequence so far.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub entries: BTreeMap<String, u32>,
-    /// When recent messages were sent, for the frequency cap.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recent_sends: Vec<Millis>,
-    /// Latest delivery reported sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_delivered_at: Option<Millis>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub stopped: BTreeMap<Channel, ChannelStop>,
-    /// The contact a reactivation was made for: one reactivation per silence.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reactivated_after: Option<Millis>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub experiments: BTreeMap<String, Membership>,
-    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
-    pub history: VecDeque<Note>,
-    /// The next instant something may happen to this lead without an input
-    /// event: the due step, or the reactivation check. Copied to the store's
-    /// indexed timer column.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timer: Option<Millis>,
-}
-
-impl NurtureState {
-    pub fn is_default(&self) -> bool {
-        *self == NurtureState::default()
     }
 }
 
@@ -857,15 +766,3 @@ fn message(
         created_at: now,
     }
 }
-
-/// SPEC §2: the same lead, sequence, step and cycle always give the same id.
-pub fn message_id(lead_ext_id: &str, sequence: &str, step: &str, cycle: u32) -> String {
-    output_id(
-        lead_ext_id,
-        "message",
-        &format!("{sequence}\u{1f}{step}\u{1f}{cycle}"),
-    )
-}
-
-#[cfg(test)]
-mod tests;

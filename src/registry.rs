@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::drift::Profile;
-use super::evaluation::Metrics;
-use super::features::{extract, feature_defs};
-use super::model::TrainedModel;
-use super::training::{
+use crate::events::{Millis, MILLIS_PER_DAY};
+use crate::ml::drift::Profile;
+use crate::ml::evaluation::Metrics;
+use crate::ml::features::{extract, feature_defs};
+use crate::ml::model::TrainedModel;
+use crate::ml::table::Table;
+use crate::ml::training::{
     evaluate_model, train, Dataset, Evaluation, Progress, TrainingError, TrainingOutcome,
 };
-use super::trees::Table;
-use super::{ActiveModel, ScoringConfig};
-use crate::events::{Millis, MILLIS_PER_DAY};
+use crate::ml::{ActiveModel, ScoringConfig};
 use crate::store::{LeadStore, NewModel, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,12 @@ pub async fn recent_traffic<S: LeadStore>(
     };
     let since = newest - scoring.model.drift_window_days as Millis * MILLIS_PER_DAY;
     for lead in store.recent_leads(since, limit).await? {
-        let values = extract(&lead, lead.updated_at, scoring, &model.encoder.features);
+        let values = extract(
+            &lead,
+            lead.updated_at,
+            &scoring.policy(),
+            &model.encoder.features,
+        );
         table.push_row(&model.encoder.encode(&values));
     }
     Ok(table)

@@ -14,15 +14,17 @@
 //! Every error names the key and the reason, so start-up stops with a message
 //! the operator can act on.
 
+pub mod notify;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::nurture::sequences::{SequenceError, SequenceSet};
+use crate::core::nurture::{NurtureConfig, Sequences};
 use crate::events::InputStream;
-use crate::nurture::sequences::{SequenceError, SequenceSet};
-use crate::nurture::{NurtureConfig, Sequences};
-use crate::scoring::ScoringConfig;
+use crate::ml::ScoringConfig;
 
 pub const ENV_PREFIX: &str = "LEADFLOW__";
 
@@ -65,7 +67,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub scoring: ScoringConfig,
     pub nurture: NurtureConfig,
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: notify::NotifyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 //! producer used for input traffic and dead letters. Broker-neutral: only
 //! standard Kafka protocol features are used (Apache Kafka, Redpanda, Nisshi).
 
+pub mod deadletter;
+
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -1,221 +1,144 @@
-//! The pure core: a lead's rolling state and the function that applies one
-//! input event to it. No I/O, no wall clock: `apply` is a function of
-//! (state, event, clock), which is what makes replay, tests and benchmarks
-//! cheap and a live run equal to a replay.
-//!
-//! The input topics are co-partitioned but Kafka orders records only
-//! within one topic-partition, so a lead's interactions may be applied before
-//! its LeadEvent. The state is therefore built so that it does not depend on
-//! the interleaving of the three topics: counts are sums, first/last times
-//! are min/max, consent keeps the most recently *recorded* statement per
-//! channel, engagement is an order-independent decayed sum, and a lead first
-//! seen through an interaction or stage change starts as a stub that its
-//! LeadEvent later fills in.
+//! The pure core's one entry point: events and due timers applied to lead
+//! states. No I/O, no wall clock: [`apply_batch`] is a function of (states,
+//! events, clock), which is what makes replay, tests and benchmarks cheap
+//! and a live run equal to a replay. The edges load the states, call it,
+//! and commit what it returns.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::ids::output_id;
+use crate::core::nurture::{self, FireClock, NurtureConfig};
+use crate::core::rules::{RuleConfig, SegmentThresholds};
+use crate::core::state::{
+    ChannelConsent, InteractionStats, LeadState, NurtureState, ScoreSnapshot, StageTransition,
+};
 use crate::events::{
     Channel, DeliveryEvent, DeliveryStatus, InputEvent, InteractionEvent, InteractionKind,
-    LeadEvent, LeadEventKind, LeadScore, Millis, OutboundMessage, Segment, Stage, StageChangeEvent,
+    LeadEvent, LeadEventKind, LeadScore, Millis, OutboundMessage, ScoreFactor, Stage,
+    StageChangeEvent,
 };
-use crate::nurture::{self, FireClock, NurtureConfig, NurtureState};
-use crate::scoring::features::extract;
-use crate::scoring::{ActiveModel, DecayedSum, RuleInputs, ScoringConfig};
 
-/// Consent for one channel: what was said, when and where.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChannelConsent {
-    pub granted: bool,
-    pub recorded_at: Millis,
-    pub source: String,
+/// What scoring reads of the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ScorePolicy<'a> {
+    pub rules: &'a RuleConfig,
+    pub segments: &'a SegmentThresholds,
+    /// final = ml_weight × ml_score + (1 − ml_weight) × initial_score.
+    pub ml_weight: f64,
+    /// Factors listed in each LeadScore.
+    pub top_factors: usize,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConsentState {
-    pub email: Option<ChannelConsent>,
-    pub sms: Option<ChannelConsent>,
+/// A probability and what moved it away from the model's base rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub probability: f64,
+    /// Largest absolute contribution first: log-odds for gradient boosting
+    /// and logistic regression, the trees' mean probability (before Platt
+    /// scaling) for the random forest.
+    pub factors: Vec<ScoreFactor>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageTransition {
-    pub from: Option<Stage>,
-    pub to: Stage,
-    pub at: Millis,
-    pub owner: Option<String>,
-    pub deal_value: Option<f64>,
-    pub event_id: String,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct InteractionStats {
-    pub count: u64,
-    pub first_at: Millis,
-    pub last_at: Millis,
-}
-
-/// The last score leadflow published for the lead, to publish only changes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScoreSnapshot {
-    pub initial_score: f64,
-    pub final_score: f64,
-    pub segment: Segment,
-    pub computed_at: Millis,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ml_score: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model_version: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LeadState {
-    pub lead_ext_id: String,
-    /// When the lead was created upstream; `None` while only interactions or
-    /// stage changes have been seen (a stub waiting for its LeadEvent).
-    pub created_at: Option<Millis>,
-    /// Latest event time applied.
-    pub updated_at: Millis,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub company: Option<String>,
-    pub source: Option<String>,
-    pub owner: Option<String>,
-    /// Event time of the assignment `owner` holds: LeadEvents and stage
-    /// changes both assign owners, and the later assignment wins.
-    pub owner_assigned_at: Millis,
-    pub timezone: Option<String>,
-    pub estimated_value: Option<f64>,
-    pub probability: Option<f64>,
-    /// The upstream initial score, when one was given; the rules apply otherwise.
-    pub provided_initial_score: Option<f64>,
-    pub consent: ConsentState,
-    /// Set by a bounce on the email channel.
-    pub email_bounced_at: Option<Millis>,
-    pub stage: Stage,
-    pub stage_entered_at: Option<Millis>,
-    pub stage_history: Vec<StageTransition>,
-    pub deal_value: Option<f64>,
-    pub first_contact_at: Option<Millis>,
-    pub last_contact_at: Option<Millis>,
-    pub interactions: BTreeMap<InteractionKind, InteractionStats>,
-    pub engagement: DecayedSum,
-    pub attributes: BTreeMap<String, String>,
-    pub score: Option<ScoreSnapshot>,
-    /// Ids of the most recent events applied, newest last, bounded by
-    /// `processor.dedup_window`: a re-delivered event is recognised and skipped.
-    pub recent_event_ids: VecDeque<String>,
-    pub events_applied: u64,
-    /// The lead as it stood just before its latest close: the point-in-time
-    /// row a model trains on, with nothing known only after the outcome.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pre_close: Option<Box<LeadState>>,
-    /// Where the lead stands in nurturing, and its next timer.
-    #[serde(default, skip_serializing_if = "NurtureState::is_default")]
-    pub nurture: NurtureState,
-}
-
-impl LeadState {
-    pub fn new(lead_ext_id: &str) -> Self {
-        LeadState {
-            lead_ext_id: lead_ext_id.to_string(),
-            created_at: None,
-            updated_at: 0,
-            email: None,
-            phone: None,
-            first_name: None,
-            last_name: None,
-            company: None,
-            source: None,
-            owner: None,
-            owner_assigned_at: 0,
-            timezone: None,
-            estimated_value: None,
-            probability: None,
-            provided_initial_score: None,
-            consent: ConsentState::default(),
-            email_bounced_at: None,
-            stage: Stage::New,
-            stage_entered_at: None,
-            stage_history: Vec::new(),
-            deal_value: None,
-            first_contact_at: None,
-            last_contact_at: None,
-            interactions: BTreeMap::new(),
-            engagement: DecayedSum::default(),
-            attributes: BTreeMap::new(),
-            score: None,
-            recent_event_ids: VecDeque::new(),
-            events_applied: 0,
-            pre_close: None,
-            nurture: NurtureState::default(),
-        }
-    }
-
-    pub fn interaction_count(&self, kind: InteractionKind) -> u64 {
-        self.interactions.get(&kind).map_or(0, |s| s.count)
-    }
-
-    fn has_seen(&self, event_id: &str) -> bool {
-        self.recent_event_ids.iter().any(|id| id == event_id)
-    }
-
-    fn remember(&mut self, event_id: &str, window: usize) {
-        self.recent_event_ids.push_back(event_id.to_string());
-        while self.recent_event_ids.len() > window {
-            self.recent_event_ids.pop_front();
-        }
-    }
-
-    fn assign_owner(&mut self, owner: &Option<String>, at: Millis) {
-        if let Some(owner) = owner {
-            // Equal times fall back to the name, so no arrival order decides.
-            let later = match &self.owner {
-                None => true,
-                Some(current) => (at, owner) > (self.owner_assigned_at, current),
-            };
-            if later {
-                self.owner = Some(owner.clone());
-                self.owner_assigned_at = at;
-            }
-        }
-    }
-
-    fn touch_contact(&mut self, at: Millis) {
-        self.first_contact_at = Some(self.first_contact_at.map_or(at, |t| t.min(at)));
-        self.last_contact_at = Some(self.last_contact_at.map_or(at, |t| t.max(at)));
-    }
-
-    /// The initial score as of `at`: the upstream one, or the rules'.
-    pub fn initial_score(&self, scoring: &ScoringConfig, at: Millis) -> f64 {
-        self.provided_initial_score.unwrap_or_else(|| {
-            scoring.rules.score(
-                &RuleInputs {
-                    source: self.source.as_deref(),
-                    estimated_value: self.estimated_value,
-                    probability: self.probability,
-                    engagement: self.engagement,
-                },
-                at,
-            )
-        })
-    }
+/// A trained conversion model as the core sees it: the core blends its
+/// probability with the rules and never looks inside.
+pub trait ConversionModel: Send + Sync {
+    /// What LeadScore.model_version says.
+    fn version_label(&self) -> String;
+    /// The lead's conversion probability as of `at`, with its top factors.
+    fn explain(&self, state: &LeadState, at: Millis, policy: &ScorePolicy<'_>) -> Explanation;
 }
 
 /// Everything `apply` needs besides the state and the event.
+#[derive(Clone, Copy)]
 pub struct ApplyContext<'a> {
-    pub scoring: &'a ScoringConfig,
+    pub score: ScorePolicy<'a>,
     pub dedup_window: usize,
-    /// The processor's clock: wall time live, event time in a replay. Only
-    /// timers read it; what an event changes is stamped with its own time.
-    pub now: Millis,
     /// The model that scores leads; rules only without one.
-    pub model: Option<&'a ActiveModel>,
+    pub model: Option<&'a dyn ConversionModel>,
     /// Nurturing rules; `None` applies events without nurturing (an import
     /// of history must not enrol leads in the past).
     pub nurture: Option<&'a NurtureConfig>,
+}
+
+/// The clock a batch is applied with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchClock {
+    /// A live processor at `now` (wall time): a lead's timers due by the
+    /// event's time fire before its event; the others fire in ticks.
+    Live(Millis),
+    /// Event time (a replay, or `processor.clock = "event_time"`): a lead's
+    /// timers due by its event's time fire, each at its due time, before the event.
+    EventTime,
+    /// An import of history: event time, and no nurturing.
+    Import,
+}
+
+/// What a batch did besides changing the states.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Each output with the partition of the event that caused it.
+    pub outputs: Vec<(i32, Output)>,
+    /// The leads the batch changed: the partition of their first event, and
+    /// whether one of their timers fired.
+    pub touched: BTreeMap<String, (i32, bool)>,
+    pub applied: u64,
+    pub duplicates: u64,
+}
+
+/// Applies a batch of events, in order, to the states of their leads (a
+/// lead missing from `states` is new). Before each event, the lead's timers
+/// due by the event's time fire: a step due before a reply is sent before
+/// the reply pauses the sequence, live and in a replay alike.
+pub fn apply_batch(
+    states: &mut HashMap<String, LeadState>,
+    events: &[(i32, InputEvent)],
+    ctx: &ApplyContext<'_>,
+    clock: BatchClock,
+) -> BatchOutcome {
+    let ctx = ApplyContext {
+        nurture: ctx.nurture.filter(|_| clock != BatchClock::Import),
+        ..*ctx
+    };
+    let mut outcome = BatchOutcome::default();
+    for (partition, event) in events {
+        let id = event.lead_ext_id();
+        let at = event.occurred_at();
+        let fire = match clock {
+            BatchClock::Live(now) => FireClock::Live { now, until: at },
+            _ => FireClock::Sweep(at),
+        };
+        let mut state = states.remove(id);
+        let mut fired = false;
+        if let (Some(config), Some(state)) = (ctx.nurture, state.as_mut()) {
+            if state.nurture.timer.is_some_and(|t| t <= fire.bound()) {
+                let messages = fire_timers(state, config, fire);
+                outcome
+                    .outputs
+                    .extend(messages.into_iter().map(|o| (*partition, o)));
+                fired = true;
+            }
+        }
+        let applied = apply(state, event, &ctx);
+        if applied.duplicate {
+            outcome.duplicates += 1;
+        } else {
+            outcome.applied += 1;
+        }
+        if fired || !applied.duplicate {
+            let entry = outcome
+                .touched
+                .entry(id.to_string())
+                .or_insert((*partition, false));
+            entry.1 |= fired;
+        }
+        outcome
+            .outputs
+            .extend(applied.outputs.into_iter().map(|o| (*partition, o)));
+        states.insert(id.to_string(), applied.state);
+    }
+    outcome
 }
 
 /// What the core asks the edges to publish.
@@ -256,7 +179,7 @@ pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_
     }
     match event {
         InputEvent::Lead(e) => apply_lead(&mut state, e),
-        InputEvent::Interaction(e) => apply_interaction(&mut state, e, ctx.scoring),
+        InputEvent::Interaction(e) => apply_interaction(&mut state, e, ctx.score.rules),
         InputEvent::StageChange(e) => apply_stage_change(&mut state, e),
         InputEvent::Delivery(e) => apply_delivery(&mut state, e),
     }
@@ -268,7 +191,7 @@ pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_
     // changes no feature, so it does not rescore.
     let outputs = match event {
         InputEvent::Delivery(_) => Vec::new(),
-        _ => rescore(&mut state, event, ctx.scoring, ctx.model)
+        _ => rescore(&mut state, event, &ctx.score, ctx.model)
             .into_iter()
             .collect(),
     };
@@ -354,7 +277,7 @@ fn affected_channel(e: &InteractionEvent) -> &str {
     }
 }
 
-fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, scoring: &ScoringConfig) {
+fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, rules: &RuleConfig) {
     let stats = state
         .interactions
         .entry(e.kind)
@@ -367,9 +290,9 @@ fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, scoring: &Scor
     stats.first_at = stats.first_at.min(e.occurred_at);
     stats.last_at = stats.last_at.max(e.occurred_at);
     state.engagement.add(
-        scoring.rules.interaction_weight(e.kind),
+        rules.interaction_weight(e.kind),
         e.occurred_at,
-        scoring.rules.engagement_half_life_days,
+        rules.engagement_half_life_days,
     );
     if e.kind.is_contact() {
         state.touch_contact(e.occurred_at);
@@ -451,26 +374,20 @@ fn apply_stage_change(state: &mut LeadState, e: &StageChangeEvent) {
 fn rescore(
     state: &mut LeadState,
     event: &InputEvent,
-    scoring: &ScoringConfig,
-    model: Option<&ActiveModel>,
+    policy: &ScorePolicy<'_>,
+    model: Option<&dyn ConversionModel>,
 ) -> Option<Output> {
     let at = event.occurred_at().max(state.updated_at);
-    let initial = state.initial_score(scoring, at);
-    let ml = model.map(|active| {
-        let values = extract(state, at, scoring, &active.model.encoder.features);
-        (
-            active,
-            active.model.explain(&values, scoring.model.top_factors),
-        )
-    });
+    let initial = state.initial_score(policy.rules, at);
+    let ml = model.map(|active| (active, active.explain(state, at, policy)));
     let final_score = match &ml {
         None => initial,
         Some((_, explained)) => {
-            let w = scoring.model.ml_weight;
+            let w = policy.ml_weight;
             w * 100.0 * explained.probability + (1.0 - w) * initial
         }
     };
-    let segment = scoring.segments.segment(final_score);
+    let segment = policy.segments.segment(final_score);
     let model_version = ml.as_ref().map(|(active, _)| active.version_label());
     let changed = match &state.score {
         None => true,
@@ -506,29 +423,35 @@ fn rescore(
     }))
 }
 
-/// A deterministic id (UUID v5) for something the core emits, so that a
-/// re-emission after a crash or in a replay carries the same id.
-pub fn output_id(lead_ext_id: &str, kind: &str, cause: &str) -> String {
-    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c65_6164_666c_6f77_0000_0000_0000_0001);
-    uuid::Uuid::new_v5(
-        &NAMESPACE,
-        format!("{lead_ext_id}\u{1f}{kind}\u{1f}{cause}").as_bytes(),
-    )
-    .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Consent, MILLIS_PER_DAY};
+    use crate::events::{Consent, Segment, MILLIS_PER_DAY};
 
     const T0: Millis = 1_767_225_600_000;
 
-    fn ctx(scoring: &ScoringConfig) -> ApplyContext<'_> {
+    /// The scoring settings the core reads, at their defaults.
+    #[derive(Default)]
+    struct Scoring {
+        rules: RuleConfig,
+        segments: SegmentThresholds,
+    }
+
+    impl Scoring {
+        fn policy(&self) -> ScorePolicy<'_> {
+            ScorePolicy {
+                rules: &self.rules,
+                segments: &self.segments,
+                ml_weight: 0.6,
+                top_factors: 5,
+            }
+        }
+    }
+
+    fn ctx(scoring: &Scoring) -> ApplyContext<'_> {
         ApplyContext {
-            scoring,
+            score: scoring.policy(),
             dedup_window: 64,
-            now: T0,
             model: None,
             nurture: None,
         }
@@ -591,7 +514,7 @@ mod tests {
         })
     }
 
-    fn apply_all(events: &[InputEvent], scoring: &ScoringConfig) -> LeadState {
+    fn apply_all(events: &[InputEvent], scoring: &Scoring) -> LeadState {
         let mut state = None;
         for e in events {
             state = Some(apply(state, e, &ctx(scoring)).state);
@@ -629,7 +552,7 @@ mod tests {
 
     #[test]
     fn state_does_not_depend_on_how_topics_interleave() {
-        let scoring = ScoringConfig::default();
+        let scoring = Scoring::default();
         let id = "REF-1";
         let leads = vec![created(id, T0)];
         let interactions = vec![
@@ -703,7 +626,7 @@ mod tests {
 
     #[test]
     fn a_redelivered_event_changes_nothing() {
-        let scoring = ScoringConfig::default();
+        let scoring = Scoring::default();
         let e = interaction("W-1", 1, InteractionKind::Meeting, T0, "in_person");
         let first = apply(None, &e, &ctx(&scoring));
         assert!(!first.duplicate);
@@ -716,11 +639,10 @@ mod tests {
 
     #[test]
     fn the_dedup_window_is_bounded() {
-        let scoring = ScoringConfig::default();
+        let scoring = Scoring::default();
         let small = ApplyContext {
-            scoring: &scoring,
+            score: scoring.policy(),
             dedup_window: 3,
-            now: T0,
             model: None,
             nurture: None,
         };
@@ -738,7 +660,7 @@ mod tests {
 
     #[test]
     fn consent_keeps_the_latest_statement_and_a_tie_goes_to_withdrawal() {
-        let scoring = ScoringConfig::default();
+        let scoring = Scoring::default();
         let id = "W-3";
         let unsubscribe = interaction(id, 1, InteractionKind::Unsubscribe, T0 + 10, "email");
         let mut regrant = created(id, T0 + 10);
@@ -767,7 +689,7 @@ mod tests {
 
     #[test]
     fn rule_score_is_computed_when_upstream_gives_none_and_published_on_change() {
-        let scoring = ScoringConfig::default();
+        let scoring = Scoring::default();
         let first = apply(None, &created("R-1", T0), &ctx(&scoring));
         // 10 base + 20 referral + 10 (30k band) + 0.4 × 15 = 46, no engagement yet.
         let Output::Score(score) = &first.outputs[0] else {
@@ -786,7 +708,7 @@ mod tests {
         assert_eq!(score.segment, Segment::HighPriority);
         assert_eq!(score.score_id, output_id("R-1", "score", "R-1-i1"));
         // An interaction worth nothing changes no score, so nothing is published.
-        let mut zero = ScoringConfig::default();
+        let mut zero = Scoring::default();
         zero.rules
             .interaction_weights
             .insert("web_visit".into(), 0.0);
@@ -798,7 +720,7 @@ mod tests {
 
     #[test]
     fn an_upstream_initial_score_is_kept() {
-        let scoring = ScoringConfig::default();
+        let scoring = Scoring::default();
         let mut e = created("U-1", T0);
         if let InputEvent::Lead(l) = &mut e {
             l.initial_score = Some(88.0);

@@ -11,10 +11,11 @@ use super::evaluation::{evaluate, Metrics};
 use super::features::{extract, Encoder, FeatureDef, FeatureValue};
 use super::linear::{Logistic, LogisticParams};
 use super::model::{Learner, ModelType, TrainedModel};
-use super::trees::{train_boosting, train_forest, BoostingParams, ColumnKind, ForestParams, Table};
+use super::table::{ColumnKind, Table};
+use super::trees::{train_boosting, train_forest, BoostingParams, ForestParams};
 use super::ScoringConfig;
+use crate::core::state::LeadState;
 use crate::events::{Millis, Stage};
-use crate::lead::LeadState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingError {
@@ -77,7 +78,7 @@ impl Dataset {
                 Some(Example {
                     id: lead.lead_ext_id.clone(),
                     at,
-                    values: extract(before, at, scoring, &features),
+                    values: extract(before, at, &scoring.policy(), &features),
                     label: (lead.stage == Stage::ClosedWon) as u8 as f64,
                 })
             })

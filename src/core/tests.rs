@@ -1,13 +1,15 @@
 //! The nurturing core, driven by hand: events and a swept clock, no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use super::*;
-use crate::events::{
-    Consent, InteractionEvent, LeadEvent, LeadEventKind, StageChangeEvent, MILLIS_PER_DAY,
-};
-use crate::lead::{apply, fire_timers, ApplyContext, Output};
-use crate::scoring::ScoringConfig;
+use crate::core::apply::{apply_batch, fire_timers, ApplyContext, BatchClock, Output, ScorePolicy};
+use crate::core::ids::message_id;
+use crate::core::nurture::sequences::SequenceSet;
+use crate::core::nurture::*;
+use crate::core::rules::{RuleConfig, SegmentThresholds};
+use crate::core::state::*;
+use crate::events::*;
 
 const DAY: Millis = MILLIS_PER_DAY;
 /// Monday 2 March 2026, 09:00 UTC (10:00 in Madrid).
@@ -15,7 +17,8 @@ const T0: Millis = 1_772_442_000_000;
 
 struct Lead {
     state: Option<LeadState>,
-    scoring: ScoringConfig,
+    rules: RuleConfig,
+    segments: SegmentThresholds,
     config: NurtureConfig,
     sent: Vec<OutboundMessage>,
     n: u32,
@@ -25,7 +28,8 @@ impl Lead {
     fn new(config: NurtureConfig) -> Lead {
         Lead {
             state: None,
-            scoring: ScoringConfig::default(),
+            rules: RuleConfig::default(),
+            segments: SegmentThresholds::default(),
             config,
             sent: Vec::new(),
             n: 0,
@@ -36,18 +40,32 @@ impl Lead {
         "WEB-N1".into()
     }
 
-    /// What a replay does: the lead's timers due by the event fire first.
+    /// What a replay does: the core's batch, on event time.
     fn event(&mut self, event: InputEvent) {
-        self.sweep(event.occurred_at());
         let ctx = ApplyContext {
-            scoring: &self.scoring,
+            score: ScorePolicy {
+                rules: &self.rules,
+                segments: &self.segments,
+                ml_weight: 0.6,
+                top_factors: 5,
+            },
             dedup_window: 64,
-            now: event.occurred_at(),
             model: None,
             nurture: Some(&self.config),
         };
-        let applied = apply(self.state.take(), &event, &ctx);
-        self.state = Some(applied.state);
+        let mut states: HashMap<String, LeadState> = self
+            .state
+            .take()
+            .map(|s| (s.lead_ext_id.clone(), s))
+            .into_iter()
+            .collect();
+        let outcome = apply_batch(&mut states, &[(0, event)], &ctx, BatchClock::EventTime);
+        for (_, output) in outcome.outputs {
+            if let Output::Message(m) = output {
+                self.sent.push(m);
+            }
+        }
+        self.state = states.into_values().next();
     }
 
     fn sweep(&mut self, until: Millis) {

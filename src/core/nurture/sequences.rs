@@ -16,7 +16,7 @@ use toml::Spanned;
 use crate::events::{Channel, InteractionKind, Millis, Segment, Stage};
 
 /// The sequences shipped with leadflow; used when `nurture.sequences_file` is unset.
-pub const BUILT_IN: &str = include_str!("../../config/sequences.toml");
+pub const BUILT_IN: &str = include_str!("../../../config/sequences.toml");
 pub const BUILT_IN_NAME: &str = "config/sequences.toml (built in)";
 
 const HOUR: Millis = 3_600_000;

@@ -1,0 +1,291 @@
+//! A lead's rolling state: plain data, serialized as the store's JSON
+//! document. What changes it is in [`super::apply`] and [`super::nurture`].
+//!
+//! The input topics are co-partitioned but Kafka orders records only
+//! within one topic-partition, so a lead's interactions may be applied before
+//! its LeadEvent. The state is therefore built so that it does not depend on
+//! the interleaving of the three topics: counts are sums, first/last times
+//! are min/max, consent keeps the most recently *recorded* statement per
+//! channel, engagement is an order-independent decayed sum, and a lead first
+//! seen through an interaction or stage change starts as a stub that its
+//! LeadEvent later fills in.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::rules::{DecayedSum, RuleConfig, RuleInputs};
+use crate::events::{Channel, InteractionKind, Millis, Segment, Stage};
+
+/// Consent for one channel: what was said, when and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelConsent {
+    pub granted: bool,
+    pub recorded_at: Millis,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsentState {
+    pub email: Option<ChannelConsent>,
+    pub sms: Option<ChannelConsent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTransition {
+    pub from: Option<Stage>,
+    pub to: Stage,
+    pub at: Millis,
+    pub owner: Option<String>,
+    pub deal_value: Option<f64>,
+    pub event_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct InteractionStats {
+    pub count: u64,
+    pub first_at: Millis,
+    pub last_at: Millis,
+}
+
+/// The last score leadflow published for the lead, to publish only changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSnapshot {
+    pub initial_score: f64,
+    pub final_score: f64,
+    pub segment: Segment,
+    pub computed_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ml_score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadState {
+    pub lead_ext_id: String,
+    /// When the lead was created upstream; `None` while only interactions or
+    /// stage changes have been seen (a stub waiting for its LeadEvent).
+    pub created_at: Option<Millis>,
+    /// Latest event time applied.
+    pub updated_at: Millis,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub company: Option<String>,
+    pub source: Option<String>,
+    pub owner: Option<String>,
+    /// Event time of the assignment `owner` holds: LeadEvents and stage
+    /// changes both assign owners, and the later assignment wins.
+    pub owner_assigned_at: Millis,
+    pub timezone: Option<String>,
+    pub estimated_value: Option<f64>,
+    pub probability: Option<f64>,
+    /// The upstream initial score, when one was given; the rules apply otherwise.
+    pub provided_initial_score: Option<f64>,
+    pub consent: ConsentState,
+    /// Set by a bounce on the email channel.
+    pub email_bounced_at: Option<Millis>,
+    pub stage: Stage,
+    pub stage_entered_at: Option<Millis>,
+    pub stage_history: Vec<StageTransition>,
+    pub deal_value: Option<f64>,
+    pub first_contact_at: Option<Millis>,
+    pub last_contact_at: Option<Millis>,
+    pub interactions: BTreeMap<InteractionKind, InteractionStats>,
+    pub engagement: DecayedSum,
+    pub attributes: BTreeMap<String, String>,
+    pub score: Option<ScoreSnapshot>,
+    /// Ids of the most recent events applied, newest last, bounded by
+    /// `processor.dedup_window`: a re-delivered event is recognised and skipped.
+    pub recent_event_ids: VecDeque<String>,
+    pub events_applied: u64,
+    /// The lead as it stood just before its latest close: the point-in-time
+    /// row a model trains on, with nothing known only after the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_close: Option<Box<LeadState>>,
+    /// Where the lead stands in nurturing, and its next timer.
+    #[serde(default, skip_serializing_if = "NurtureState::is_default")]
+    pub nurture: NurtureState,
+}
+
+impl LeadState {
+    pub fn new(lead_ext_id: &str) -> Self {
+        LeadState {
+            lead_ext_id: lead_ext_id.to_string(),
+            created_at: None,
+            updated_at: 0,
+            email: None,
+            phone: None,
+            first_name: None,
+            last_name: None,
+            company: None,
+            source: None,
+            owner: None,
+            owner_assigned_at: 0,
+            timezone: None,
+            estimated_value: None,
+            probability: None,
+            provided_initial_score: None,
+            consent: ConsentState::default(),
+            email_bounced_at: None,
+            stage: Stage::New,
+            stage_entered_at: None,
+            stage_history: Vec::new(),
+            deal_value: None,
+            first_contact_at: None,
+            last_contact_at: None,
+            interactions: BTreeMap::new(),
+            engagement: DecayedSum::default(),
+            attributes: BTreeMap::new(),
+            score: None,
+            recent_event_ids: VecDeque::new(),
+            events_applied: 0,
+            pre_close: None,
+            nurture: NurtureState::default(),
+        }
+    }
+
+    pub fn interaction_count(&self, kind: InteractionKind) -> u64 {
+        self.interactions.get(&kind).map_or(0, |s| s.count)
+    }
+
+    pub(crate) fn has_seen(&self, event_id: &str) -> bool {
+        self.recent_event_ids.iter().any(|id| id == event_id)
+    }
+
+    pub(crate) fn remember(&mut self, event_id: &str, window: usize) {
+        self.recent_event_ids.push_back(event_id.to_string());
+        while self.recent_event_ids.len() > window {
+            self.recent_event_ids.pop_front();
+        }
+    }
+
+    pub(crate) fn assign_owner(&mut self, owner: &Option<String>, at: Millis) {
+        if let Some(owner) = owner {
+            // Equal times fall back to the name, so no arrival order decides.
+            let later = match &self.owner {
+                None => true,
+                Some(current) => (at, owner) > (self.owner_assigned_at, current),
+            };
+            if later {
+                self.owner = Some(owner.clone());
+                self.owner_assigned_at = at;
+            }
+        }
+    }
+
+    pub(crate) fn touch_contact(&mut self, at: Millis) {
+        self.first_contact_at = Some(self.first_contact_at.map_or(at, |t| t.min(at)));
+        self.last_contact_at = Some(self.last_contact_at.map_or(at, |t| t.max(at)));
+    }
+
+    /// The initial score as of `at`: the upstream one, or the rules'.
+    pub fn initial_score(&self, rules: &RuleConfig, at: Millis) -> f64 {
+        self.provided_initial_score.unwrap_or_else(|| {
+            rules.score(
+                &RuleInputs {
+                    source: self.source.as_deref(),
+                    estimated_value: self.estimated_value,
+                    probability: self.probability,
+                    engagement: self.engagement,
+                },
+                at,
+            )
+        })
+    }
+}
+
+/// Where a lead stands in nurturing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Never entered a sequence.
+    #[default]
+    NotEnrolled,
+    Active,
+    /// Stopped by the lead's or the sales team's activity; see `reason`.
+    Paused,
+    /// Ran out of steps.
+    Completed,
+    /// Closed: nurturing is over for good.
+    Exited,
+}
+
+/// Why a channel can no longer be used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStop {
+    pub reason: String,
+    pub at: Millis,
+}
+
+/// A lead's part in one experiment, counted by `leadflow experiments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    pub variant: String,
+    pub enrolled_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replied_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converted_at: Option<Millis>,
+}
+
+/// One line of the lead's nurturing history: what happened and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    pub at: Millis,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NurtureState {
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// How many times the lead entered this sequence before (part of message ids).
+    #[serde(default)]
+    pub cycle: u32,
+    /// Step offsets count from here.
+    #[serde(default)]
+    pub anchor: Millis,
+    #[serde(default)]
+    pub next_step: usize,
+    /// When `next_step` fires (quiet hours and the cap already applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<Millis>,
+    /// Why the lead is paused, completed or out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Entries per sequence so far.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub entries: BTreeMap<String, u32>,
+    /// When recent messages were sent, for the frequency cap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_sends: Vec<Millis>,
+    /// Latest delivery reported sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivered_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stopped: BTreeMap<Channel, ChannelStop>,
+    /// The contact a reactivation was made for: one reactivation per silence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reactivated_after: Option<Millis>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub experiments: BTreeMap<String, Membership>,
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub history: VecDeque<Note>,
+    /// The next instant something may happen to this lead without an input
+    /// event: the due step, or the reactivation check. Copied to the store's
+    /// indexed timer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<Millis>,
+}
+
+impl NurtureState {
+    pub fn is_default(&self) -> bool {
+        *self == NurtureState::default()
+    }
+}

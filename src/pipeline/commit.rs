@@ -1,0 +1,287 @@
+//! The one commit path. Batches of events, rounds of due timers, replays
+//! and imports all go through [`apply_and_commit`]: load the leads, apply
+//! the work in the pure core, then write the new states, the outputs (to
+//! the outbox, or back to the caller) and the fence in one transaction.
+//!
+//! The fence is what makes a zombie harmless: a batch moves its partitions'
+//! offsets by compare-and-set, a timer round checks that the partitions of
+//! the leads it fired are still where this instance left them, and each
+//! fired lead's stored timer must still be the one that fired.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::config::Config;
+use crate::core::apply::{self, ApplyContext, BatchClock, ConversionModel, Output};
+use crate::core::nurture::FireClock;
+use crate::core::state::LeadState;
+use crate::events::{InputEvent, Millis};
+use crate::ml::ActiveModel;
+use crate::store::{BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, StoreError};
+
+use super::assignment::TopicPartition;
+use super::timers::{fire_round, FiredLead};
+use super::RunSummary;
+
+/// A lead a batch changed.
+pub struct TouchedLead {
+    pub partition: i32,
+    pub state: LeadState,
+    /// The timer the store held when a timer of this lead fired in the batch.
+    pub stored_timer: Option<Millis>,
+    pub experiments_changed: bool,
+}
+
+impl TouchedLead {
+    pub fn write(&self) -> LeadWrite<'_> {
+        LeadWrite {
+            state: &self.state,
+            partition: self.partition,
+            expect_timer: self.stored_timer,
+            experiments_changed: self.experiments_changed,
+        }
+    }
+}
+
+impl From<FiredLead> for TouchedLead {
+    fn from(f: FiredLead) -> Self {
+        TouchedLead {
+            partition: f.partition,
+            experiments_changed: f.experiments_changed,
+            stored_timer: f.stored_timer,
+            state: f.state,
+        }
+    }
+}
+
+/// What applying a batch produced: the new states of the leads it changed
+/// and the outputs, each with the partition of the event that caused it.
+pub struct AppliedBatch {
+    pub leads: Vec<TouchedLead>,
+    pub outputs: Vec<(i32, Output)>,
+}
+
+/// What one transaction applies.
+pub enum Work<'a> {
+    /// Events in order, scored by `model`.
+    Events {
+        events: &'a [(i32, InputEvent)],
+        model: Option<&'a ActiveModel>,
+        clock: BatchClock,
+    },
+    /// The due timers of at most `limit` leads of `partitions`.
+    Timers {
+        partitions: &'a [i32],
+        clock: FireClock,
+        limit: usize,
+    },
+}
+
+/// What the transaction checks to be this instance's to write.
+pub enum Fence<'a> {
+    /// Nothing: a replay or an import has the store to itself.
+    None,
+    /// Moves these partitions' offsets, each by compare-and-set.
+    Advance(&'a [OffsetAdvance]),
+    /// The partitions of the leads written must still stand at these offsets.
+    Hold(&'a BTreeMap<TopicPartition, Option<i64>>),
+}
+
+/// Where a transaction's outputs go.
+#[derive(Debug, Clone, Copy)]
+pub enum Sink {
+    /// Into the outbox, in the transaction, stamped `at`; the relay publishes them.
+    Outbox { at: Millis },
+    /// Back to the caller only (a replay writes them to files).
+    Caller,
+}
+
+/// Work applied and ready to commit.
+#[derive(Default)]
+pub struct Prepared {
+    pub leads: Vec<TouchedLead>,
+    pub outputs: Vec<(i32, Output)>,
+    pub applied: u64,
+    pub duplicates: u64,
+}
+
+/// Loads the leads `work` needs and applies it in the core.
+pub async fn prepare<S: LeadStore>(
+    store: &S,
+    config: &Config,
+    work: Work<'_>,
+) -> Result<Prepared, StoreError> {
+    match work {
+        Work::Events {
+            events,
+            model,
+            clock,
+        } => {
+            let mut summary = RunSummary::default();
+            let batch = load_and_apply(store, events, config, model, clock, &mut summary).await?;
+            Ok(Prepared {
+                leads: batch.leads,
+                outputs: batch.outputs,
+                applied: summary.applied,
+                duplicates: summary.duplicates,
+            })
+        }
+        Work::Timers {
+            partitions,
+            clock,
+            limit,
+        } => {
+            let (leads, outputs) = fire_round(store, config, partitions, clock, limit).await?;
+            Ok(Prepared {
+                leads: leads.into_iter().map(TouchedLead::from).collect(),
+                outputs,
+                ..Prepared::default()
+            })
+        }
+    }
+}
+
+impl Prepared {
+    /// Writes the states, the outputs and the fence in one transaction
+    /// (nothing at all when there is nothing to write).
+    pub async fn commit<S: LeadStore>(
+        &self,
+        store: &S,
+        config: &Config,
+        fence: Fence<'_>,
+        sink: Sink,
+    ) -> Result<(), StoreError> {
+        let offsets: Vec<OffsetAdvance> = match fence {
+            Fence::None => Vec::new(),
+            Fence::Advance(advances) => advances.to_vec(),
+            Fence::Hold(positions) => {
+                let written: BTreeSet<i32> = self.leads.iter().map(|l| l.partition).collect();
+                // Advancing nothing, these only check that the partitions are
+                // still this instance's: a zombie must not fire timers.
+                positions
+                    .iter()
+                    .filter(|((_, p), _)| written.contains(p))
+                    .filter_map(|((topic, partition), next)| {
+                        next.map(|n| OffsetAdvance {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            from: Some(n),
+                            to: n,
+                        })
+                    })
+                    .collect()
+            }
+        };
+        let outbox: Vec<NewOutboxRow> = match sink {
+            Sink::Outbox { at } => self
+                .outputs
+                .iter()
+                .map(|(partition, output)| outbox_row(config, *partition, output, at))
+                .collect(),
+            Sink::Caller => Vec::new(),
+        };
+        if self.leads.is_empty() && offsets.is_empty() && outbox.is_empty() {
+            return Ok(());
+        }
+        store
+            .commit_batch(&BatchWrite {
+                consumer_group: &config.kafka.group_id,
+                leads: self.leads.iter().map(TouchedLead::write).collect(),
+                offsets,
+                outbox,
+            })
+            .await
+    }
+}
+
+/// [`prepare`] then [`Prepared::commit`]: what every path but the live
+/// batch (which keeps a failed attempt's result, see `batch.rs`) calls.
+pub async fn apply_and_commit<S: LeadStore>(
+    store: &S,
+    config: &Config,
+    work: Work<'_>,
+    fence: Fence<'_>,
+    sink: Sink,
+) -> Result<Prepared, StoreError> {
+    let prepared = prepare(store, config, work).await?;
+    prepared.commit(store, config, fence, sink).await?;
+    Ok(prepared)
+}
+
+/// Loads the leads of a batch, applies the batch in the core and says
+/// which leads changed, with what the store held for them.
+pub async fn load_and_apply<S: LeadStore>(
+    store: &S,
+    events: &[(i32, InputEvent)],
+    config: &Config,
+    model: Option<&ActiveModel>,
+    clock: BatchClock,
+    summary: &mut RunSummary,
+) -> Result<AppliedBatch, StoreError> {
+    let mut ids: Vec<&str> = events.iter().map(|(_, e)| e.lead_ext_id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut states: HashMap<String, LeadState> = store.load_leads(&ids).await?;
+    let stored: HashMap<String, (Option<Millis>, ExperimentsDigest)> = states
+        .iter()
+        .map(|(id, s)| (id.clone(), (s.nurture.timer, experiments_digest(s))))
+        .collect();
+    let ctx = ApplyContext {
+        score: config.scoring.policy(),
+        dedup_window: config.processor.dedup_window,
+        model: model.map(|m| m as &dyn ConversionModel),
+        nurture: config.nurture.enabled.then_some(&config.nurture),
+    };
+    let outcome = apply::apply_batch(&mut states, events, &ctx, clock);
+    summary.applied += outcome.applied;
+    summary.duplicates += outcome.duplicates;
+    summary.outputs += outcome.outputs.len() as u64;
+    let leads = outcome
+        .touched
+        .into_iter()
+        .filter_map(|(id, (partition, fired))| {
+            let state = states.remove(&id)?;
+            let (timer, digest) = stored.get(&id).copied().unwrap_or_default();
+            Some(TouchedLead {
+                partition,
+                // Only a timer the store already held can be raced for.
+                stored_timer: if fired { timer } else { None },
+                experiments_changed: experiments_digest(&state) != digest,
+                state,
+            })
+        })
+        .collect();
+    Ok(AppliedBatch {
+        leads,
+        outputs: outcome.outputs,
+    })
+}
+
+pub(super) type ExperimentsDigest = (usize, usize, usize);
+
+/// What can change in a lead's experiment memberships: a membership is
+/// never removed and its reply and conversion are set once, so equal counts
+/// mean nothing changed.
+pub(super) fn experiments_digest(state: &LeadState) -> ExperimentsDigest {
+    let members = state.nurture.experiments.values();
+    (
+        state.nurture.experiments.len(),
+        members.clone().filter(|m| m.replied_at.is_some()).count(),
+        members.filter(|m| m.converted_at.is_some()).count(),
+    )
+}
+
+/// The outbox row for an output: its topic, key and JSON payload.
+pub fn outbox_row(config: &Config, partition: i32, output: &Output, now: Millis) -> NewOutboxRow {
+    let (topic, key) = match output {
+        Output::Score(s) => (&config.topics.scores, &s.lead_ext_id),
+        Output::Message(m) => (&config.topics.outbound, &m.lead_ext_id),
+    };
+    NewOutboxRow {
+        output_id: output.id().to_string(),
+        topic: topic.clone(),
+        key: key.clone(),
+        payload: serde_json::to_string(output).expect("outputs are plain data"),
+        source_partition: partition,
+        created_at: now,
+    }
+}
