@@ -584,6 +584,34 @@ pub fn read_stream(path: &std::path::Path) -> std::io::Result<Vec<InputEvent>> {
     Ok(events)
 }
 
+/// `--source-mix`: `SOURCE=WEIGHT` pairs, relative weights.
+pub fn parse_source_mix(pairs: &[String]) -> Result<BTreeMap<String, f64>, String> {
+    let mut shares = BTreeMap::new();
+    for pair in pairs {
+        let (source, weight) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not SOURCE=WEIGHT"))?;
+        let weight: f64 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("weight `{weight}` of {source} is not a number"))?;
+        shares.insert(source.trim().to_string(), weight);
+    }
+    Ok(shares)
+}
+
+/// `--start`: a day (YYYY-MM-DD, midnight UTC) or an RFC 3339 instant.
+pub fn parse_start(raw: &str) -> Result<Millis, String> {
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Ok(date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_millis());
+    }
+    crate::events::timestamp::parse_rfc3339(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,5 +691,23 @@ mod tests {
             rate("REF"),
             rate("SOC")
         );
+    }
+
+    #[test]
+    fn source_mix_and_start_are_parsed_or_refused_with_the_reason() {
+        let mix = parse_source_mix(&["social=3".into(), " paid_search = 1.5".into()]).unwrap();
+        assert_eq!(
+            mix,
+            BTreeMap::from([("social".into(), 3.0), ("paid_search".into(), 1.5)])
+        );
+        assert!(parse_source_mix(&["social".into()])
+            .unwrap_err()
+            .contains("SOURCE=WEIGHT"));
+        assert!(parse_source_mix(&["social=lots".into()])
+            .unwrap_err()
+            .contains("`lots`"));
+        assert_eq!(parse_start("2026-09-01"), Ok(1_788_220_800_000));
+        assert_eq!(parse_start("2026-09-01T00:00:01Z"), Ok(1_788_220_801_000));
+        assert!(parse_start("yesterday").is_err());
     }
 }

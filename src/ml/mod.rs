@@ -3,6 +3,7 @@
 //! Scoring itself (the blend of rules and model) is the core's; a trained
 //! model takes part in it as a [`ConversionModel`].
 
+pub mod csv_scoring;
 pub mod drift;
 pub mod evaluation;
 pub mod features;

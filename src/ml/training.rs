@@ -110,6 +110,11 @@ impl Dataset {
         let n = self.examples.len();
         n - ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1))
     }
+
+    /// The rows of the time-based hold-out: the newest `fraction`.
+    pub fn holdout_rows(&self, fraction: f64) -> std::ops::Range<usize> {
+        self.holdout_start(fraction)..self.examples.len()
+    }
 }
 
 /// How to read a CSV file as training data.
