@@ -25,6 +25,7 @@ use leadflow::core::state::{ChannelConsent, LeadState};
 use leadflow::events::{Channel, OutboundMessage};
 use leadflow::metrics::Metrics;
 use leadflow::notify::worker::NotifyWorker;
+use leadflow::store::prelude::*;
 use leadflow::store::{BatchWrite, LeadStore, LeadWrite, SqliteStore};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use leadflow::core::apply::Output;
 use leadflow::core::nurture::experiments::report;
 use leadflow::pipeline::replay::replay;
 use leadflow::simulate::{self, SimulationParams};
+use leadflow::store::prelude::*;
 use leadflow::store::{LeadStore, SqliteStore};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
 use leadflow::pipeline::{Pipeline, RunOptions};
 use leadflow::simulate::{self, SimulationParams};
+use leadflow::store::prelude::*;
 use leadflow::store::{LeadStore, PgStore, SqliteStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;

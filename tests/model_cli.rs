@@ -11,7 +11,7 @@ use common::TestSqlite;
 use leadflow::core::state::LeadState;
 use leadflow::events::Stage;
 use leadflow::simulate::{self, SimulationParams};
-use leadflow::store::LeadStore;
+use leadflow::store::prelude::*;
 
 fn leadflow(db: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leadflow"))

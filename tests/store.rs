@@ -9,6 +9,7 @@ use leadflow::core::state::{
     ChannelConsent, InteractionStats, LeadState, ScoreSnapshot, StageTransition,
 };
 use leadflow::events::{InteractionKind, Segment, Stage};
+use leadflow::store::prelude::*;
 use leadflow::store::{
     BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, PartitionOffset, StoreError,
 };

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use leadflow::config::Config;
-use leadflow::store::LeadStore;
+use leadflow::store::prelude::*;
 
 use super::open_store;
 

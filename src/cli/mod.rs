@@ -22,7 +22,8 @@ use leadflow::api::{self, HttpState};
 use leadflow::codec::{Codec, RegistryClient};
 use leadflow::config::Config;
 use leadflow::metrics::Metrics;
-use leadflow::store::{LeadStore, Store};
+use leadflow::store::prelude::*;
+use leadflow::store::Store;
 
 #[derive(Parser)]
 #[command(

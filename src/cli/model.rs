@@ -16,7 +16,8 @@ use leadflow::ml::ActiveModel;
 use leadflow::registry::{
     dataset_from_store, load_model, train_and_register, Activation, StoredMetrics,
 };
-use leadflow::store::{LeadStore, Store};
+use leadflow::store::prelude::*;
+use leadflow::store::Store;
 
 use super::open_store;
 

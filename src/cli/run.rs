@@ -10,7 +10,7 @@ use leadflow::config::Config;
 use leadflow::core::apply::Output;
 use leadflow::pipeline::{replay, Pipeline, RunOptions};
 use leadflow::simulate;
-use leadflow::store::LeadStore;
+use leadflow::store::prelude::*;
 
 use super::{open_store, shutdown_signal, start_service};
 

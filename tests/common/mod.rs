@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use leadflow::config::Config;
+use leadflow::store::prelude::*;
 use leadflow::store::{LeadStore, PgStore, SqliteStore};
 use sqlx::Connection;
 

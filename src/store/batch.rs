@@ -1,0 +1,167 @@
+//! The one write of the commit path: leads, their experiment memberships, offsets and outbox rows in one transaction.
+
+use super::*;
+
+/// A lead's new state and where it belongs.
+#[derive(Debug, Clone, Copy)]
+pub struct LeadWrite<'a> {
+    pub state: &'a LeadState,
+    /// The input partition that owns the lead (its timers fire there).
+    pub partition: i32,
+    /// Set when a timer the store held fired: the write succeeds only if the
+    /// stored timer is still this one, so two instances never both fire it.
+    pub expect_timer: Option<i64>,
+    /// The lead's experiment memberships changed and must be rewritten.
+    pub experiments_changed: bool,
+}
+
+/// What one processed batch changes, written in one transaction.
+#[derive(Debug, Default)]
+pub struct BatchWrite<'a> {
+    pub consumer_group: &'a str,
+    pub leads: Vec<LeadWrite<'a>>,
+    /// Offset moves; one with `from == to` only checks that this instance
+    /// still owns the partition (timer commits advance no offset).
+    pub offsets: Vec<OffsetAdvance>,
+    pub outbox: Vec<NewOutboxRow>,
+}
+
+impl<'a> LeadWrite<'a> {
+    pub fn new(state: &'a LeadState, partition: i32) -> Self {
+        LeadWrite {
+            state,
+            partition,
+            expect_timer: None,
+            experiments_changed: !state.nurture.experiments.is_empty(),
+        }
+    }
+}
+
+const UPSERT_LEAD: &str = "INSERT INTO leads
+    (lead_ext_id, state, email, source, owner, stage, stage_entered_at, segment, final_score,
+     created_at, updated_at, partition_id, next_timer_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+    ON CONFLICT (lead_ext_id) DO UPDATE SET
+        state = excluded.state, email = excluded.email, source = excluded.source,
+        owner = excluded.owner, stage = excluded.stage, stage_entered_at = excluded.stage_entered_at,
+        segment = excluded.segment, final_score = excluded.final_score,
+        created_at = excluded.created_at, updated_at = excluded.updated_at,
+        partition_id = excluded.partition_id, next_timer_at = excluded.next_timer_at";
+
+/// The write of a lead whose timer fired: only over the timer that was read.
+const UPDATE_FIRED_LEAD: &str = "UPDATE leads SET
+        state = $2, email = $3, source = $4, owner = $5, stage = $6, stage_entered_at = $7,
+        segment = $8, final_score = $9, created_at = $10, updated_at = $11,
+        partition_id = $12, next_timer_at = $13
+    WHERE lead_ext_id = $1 AND next_timer_at = $14";
+
+/// Memberships are never removed, so an upsert by primary key keeps the
+/// table equal to the lead's state without touching other rows.
+const UPSERT_MEMBERSHIP: &str = "INSERT INTO experiment_members
+    (experiment, lead_ext_id, variant, enrolled_at, replied_at, converted_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (experiment, lead_ext_id) DO UPDATE SET
+        variant = excluded.variant, enrolled_at = excluded.enrolled_at,
+        replied_at = excluded.replied_at, converted_at = excluded.converted_at";
+
+const INSERT_OFFSET: &str =
+    "INSERT INTO partition_offsets (consumer_group, topic, partition_id, next_offset)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (consumer_group, topic, partition_id) DO NOTHING";
+
+const ADVANCE_OFFSET: &str = "UPDATE partition_offsets SET next_offset = $4
+    WHERE consumer_group = $1 AND topic = $2 AND partition_id = $3 AND next_offset = $5";
+
+const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (output_id, topic, message_key, payload, source_partition, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (output_id) DO NOTHING";
+
+store_concern! {
+    /// The one write of the commit path: leads, their experiment memberships, offsets and outbox rows in one transaction.
+    pub trait Batches {
+        /// Writes the leads, offsets and outbox rows of a batch atomically: all or
+        /// nothing. Fails with [`StoreError::Fenced`] if an offset moved meanwhile.
+        async fn commit_batch(&self, batch: &BatchWrite<'_>) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin().await?;
+            for write in &batch.leads {
+                let lead = write.state;
+                let query = sqlx::query(match write.expect_timer {
+                    None => UPSERT_LEAD,
+                    Some(_) => UPDATE_FIRED_LEAD,
+                })
+                .bind(&lead.lead_ext_id)
+                .bind(encode_state(lead))
+                .bind(&lead.email)
+                .bind(&lead.source)
+                .bind(&lead.owner)
+                .bind(lead.stage.as_str())
+                .bind(lead.stage_entered_at)
+                .bind(lead.score.as_ref().map(|s| s.segment.as_str()))
+                .bind(lead.score.as_ref().map(|s| s.final_score))
+                .bind(lead.created_at)
+                .bind(lead.updated_at)
+                .bind(write.partition)
+                .bind(lead.nurture.timer);
+                let written = match write.expect_timer {
+                    None => query.execute(&mut *tx).await?,
+                    Some(fired) => query.bind(fired).execute(&mut *tx).await?,
+                };
+                if written.rows_affected() != 1 {
+                    return Err(StoreError::TimerTaken {
+                        lead: lead.lead_ext_id.clone(),
+                    });
+                }
+                if write.experiments_changed {
+                    for (experiment, m) in &lead.nurture.experiments {
+                        sqlx::query(UPSERT_MEMBERSHIP)
+                            .bind(experiment)
+                            .bind(&lead.lead_ext_id)
+                            .bind(&m.variant)
+                            .bind(m.enrolled_at)
+                            .bind(m.replied_at)
+                            .bind(m.converted_at)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            for offset in &batch.offsets {
+                let query = sqlx::query(match offset.from {
+                    None => INSERT_OFFSET,
+                    Some(_) => ADVANCE_OFFSET,
+                })
+                .bind(batch.consumer_group)
+                .bind(&offset.topic)
+                .bind(offset.partition)
+                .bind(offset.to);
+                let query = match offset.from {
+                    None => query,
+                    Some(from) => query.bind(from),
+                };
+                let written = query.execute(&mut *tx).await?.rows_affected();
+                if written != 1 {
+                    // Dropping the transaction rolls it back.
+                    return Err(StoreError::Fenced {
+                        topic: offset.topic.clone(),
+                        partition: offset.partition,
+                        expected: offset.from,
+                    });
+                }
+            }
+            for row in &batch.outbox {
+                sqlx::query(INSERT_OUTBOX)
+                    .bind(&row.output_id)
+                    .bind(&row.topic)
+                    .bind(&row.key)
+                    .bind(&row.payload)
+                    .bind(row.source_partition)
+                    .bind(row.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+    }
+}
