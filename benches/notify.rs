@@ -26,7 +26,7 @@ use leadflow::events::{Channel, OutboundMessage};
 use leadflow::metrics::Metrics;
 use leadflow::notify::worker::NotifyWorker;
 use leadflow::store::prelude::*;
-use leadflow::store::{BatchWrite, LeadStore, LeadWrite, SqliteStore};
+use leadflow::store::{BatchWrite, LeadWrite, SqliteStore};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

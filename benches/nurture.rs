@@ -18,7 +18,7 @@ use leadflow::core::nurture::experiments::report;
 use leadflow::pipeline::replay::replay;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::prelude::*;
-use leadflow::store::{LeadStore, SqliteStore};
+use leadflow::store::SqliteStore;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -17,3 +17,5 @@ pub mod retry;
 pub mod simulate;
 pub mod store;
 pub mod templates;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;

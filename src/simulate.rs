@@ -9,6 +9,10 @@
 //!
 //! The same parameters always give the same events in the same order: one
 //! ChaCha stream per lead, seeded from (seed, lead index).
+//!
+//! One file past 600 lines on purpose: the generator is one model of lead
+//! behaviour (quality, sources, journeys, stage paths); split, its
+//! calibration constants would be read apart from what they calibrate.
 
 use std::collections::BTreeMap;
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first. A module not listed belongs to its nearest listed parent.
 const LAYERS: &[&[&str]] = &[
     &["events", "metrics", "retry"],
-    &["codec", "templates"],
+    &["codec", "templates", "testing"],
     &["core::ids"],
     &["core::rules"],
     &["core::state"],

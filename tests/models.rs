@@ -423,6 +423,7 @@ async fn an_old_model_is_retrained_on_schedule<S: LeadStore + 'static>(store: Ar
         scoring: config.scoring.clone(),
         slot: Arc::new(Default::default()),
         metrics: metrics.clone(),
+        clock: Arc::new(leadflow::core::clock::WallClock),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(watcher.run(stopped));

@@ -16,13 +16,14 @@ use leadflow::core::nurture::sequences::SequenceSet;
 use leadflow::core::nurture::{FrequencyCap, Sequences};
 use leadflow::core::state::Status;
 use leadflow::events::{
-    Channel, Consent, DeliveryEvent, DeliveryStatus, InputEvent, InteractionEvent, InteractionKind,
-    LeadEvent, LeadEventKind, Millis, Stage, StageChangeEvent, MILLIS_PER_DAY,
+    Channel, DeliveryEvent, DeliveryStatus, InputEvent, InteractionEvent, InteractionKind,
+    LeadEvent, Millis, Stage, StageChangeEvent, MILLIS_PER_DAY,
 };
 use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
 use leadflow::pipeline::{Pipeline, RunOptions};
 use leadflow::store::LeadStore;
+use leadflow::testing::lead_created;
 
 use common::{
     committed_messages, produce, published_messages, read_dead_letters, spawn_pipeline, test_config,
@@ -74,28 +75,15 @@ steps = [
 
 fn created(id: &str, at: Millis, score: f64, timezone: &str) -> InputEvent {
     InputEvent::Lead(LeadEvent {
-        event_id: format!("{id}-created"),
-        lead_ext_id: id.into(),
-        kind: LeadEventKind::Created,
-        occurred_at: at,
         email: Some(format!("{}@example.com", id.to_lowercase())),
         phone: Some("+34600000001".into()),
         first_name: Some(format!("Name {id}")),
         last_name: Some("Ruiz".into()),
         company: Some(format!("Company {id}")),
-        source: Some("referral".into()),
         owner: Some("rep-07".into()),
-        estimated_value: Some(30_000.0),
-        probability: Some(0.4),
         initial_score: Some(score),
-        consent: Some(Consent {
-            email: Some(true),
-            sms: Some(true),
-            recorded_at: at,
-            source: "form".into(),
-        }),
         timezone: Some(timezone.into()),
-        attributes: BTreeMap::new(),
+        ..lead_created(id, at)
     })
 }
 

@@ -10,6 +10,7 @@ use crate::core::nurture::*;
 use crate::core::rules::{RuleConfig, SegmentThresholds};
 use crate::core::state::*;
 use crate::events::*;
+use crate::testing::lead_created;
 
 const DAY: Millis = MILLIS_PER_DAY;
 /// Monday 2 March 2026, 09:00 UTC (10:00 in Madrid).
@@ -82,27 +83,11 @@ impl Lead {
     fn created(&mut self, at: Millis, score: f64, timezone: &str) {
         self.event(InputEvent::Lead(LeadEvent {
             event_id: "created".into(),
-            lead_ext_id: self.id(),
-            kind: LeadEventKind::Created,
-            occurred_at: at,
-            email: Some("ana@example.com".into()),
             phone: Some("+34600000001".into()),
-            first_name: Some("Ana".into()),
             last_name: Some("Ruiz".into()),
-            company: Some("Faro Labs".into()),
-            source: Some("referral".into()),
-            owner: Some("rep-02".into()),
-            estimated_value: Some(30_000.0),
-            probability: Some(0.4),
             initial_score: Some(score),
-            consent: Some(Consent {
-                email: Some(true),
-                sms: Some(true),
-                recorded_at: at,
-                source: "form".into(),
-            }),
             timezone: Some(timezone.into()),
-            attributes: BTreeMap::new(),
+            ..lead_created(&self.id(), at)
         }));
     }
 

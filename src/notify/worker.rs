@@ -12,6 +12,10 @@
 //! if that had not been acknowledged). The one window left: a crash after
 //! the provider accepted and before the outcome is recorded; the claim's
 //! lease then runs out and the message is sent again.
+//!
+//! One file past 600 lines on purpose: one message's life (claim, send,
+//! retry, record, report, commit) reads top to bottom here; split by step,
+//! the lease and offset rules that tie the steps together would be apart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -27,13 +31,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecError};
 use crate::config::Config;
-use crate::core::clock::wall_clock_millis;
+use crate::core::clock::{Clock, WallClock};
 use crate::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
 use crate::kafka::deadletter::{DeadLetters, RawMessage, Rejection};
 use crate::kafka::{client_config, SharedProducer};
 use crate::metrics::Metrics;
+use crate::retry::{retry_transient, Backoff};
 use crate::store::with_store_retry;
 use crate::store::{DeliveryClaim, DeliveryOutcome, DeliveryRecord, LeadStore, StoreError};
 
@@ -97,6 +102,8 @@ struct Shared<S> {
     /// other as two processes do.
     owner: String,
     claims: std::sync::atomic::AtomicU64,
+    /// Claim leases, outcome times and the recipient cap's window.
+    clock: Arc<dyn Clock>,
 }
 
 pub struct NotifyWorker<S> {
@@ -157,6 +164,7 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
                 uuid::Uuid::from_bytes(bytes).to_string()
             },
             claims: Default::default(),
+            clock: Arc::new(WallClock),
             config,
             store,
             codec,
@@ -165,6 +173,14 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
         Ok(NotifyWorker {
             shared: Arc::new(shared),
         })
+    }
+
+    /// Replaces the wall clock (tests drive claim leases with their own).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("the worker is not running yet")
+            .clock = clock;
+        self
     }
 
     /// Consumes `outbound-messages` until `shutdown` resolves (or, with
@@ -384,7 +400,7 @@ impl<S: LeadStore + 'static> Shared<S> {
             // Another worker is on it (a rebalance moved the partition
             // while it was sending, or a repeat of the message is in
             // flight here): wait for its outcome or its lease.
-            let wait = (record.claimed_until - wall_clock_millis()).clamp(100, 1_000);
+            let wait = (record.claimed_until - self.clock.now()).clamp(100, 1_000);
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
         };
         if record.status != "sending" {
@@ -422,7 +438,7 @@ impl<S: LeadStore + 'static> Shared<S> {
             provider_message_id: provider_message_id.as_deref(),
             reason: reason.as_deref(),
             attempts: attempts as i32,
-            now: wall_clock_millis(),
+            now: self.clock.now(),
         };
         let kept = self
             .retry_store("record", || self.store.finish_delivery(&outcome))
@@ -489,7 +505,7 @@ impl<S: LeadStore + 'static> Shared<S> {
             template: &message.template,
             recipient_hash: hash,
             owner,
-            now: wall_clock_millis(),
+            now: self.clock.now(),
             lease_ms,
         };
         self.retry_store("claim", || self.store.claim_delivery(&claim))
@@ -508,18 +524,14 @@ impl<S: LeadStore + 'static> Shared<S> {
                 payload.len()
             ));
         }
-        let mut delay = Duration::from_millis(200);
-        let message: OutboundMessage = loop {
-            match self.codec.decode(payload).await {
-                Ok(message) => break message,
-                Err(e) if e.is_transient() => {
-                    warn!(error = %e, "decode: transient failure, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(format!("not an OutboundMessage: {e}")),
-            }
-        };
+        let message: OutboundMessage = retry_transient(
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            CodecError::is_transient,
+            |e, _| warn!(error = %e, "decode: transient failure, retrying"),
+            || self.codec.decode(payload),
+        )
+        .await
+        .map_err(|e| format!("not an OutboundMessage: {e}"))?;
         message.validate()?;
         if message.to.trim().is_empty() {
             return Err("`to` is empty".into());
@@ -545,7 +557,7 @@ impl<S: LeadStore + 'static> Shared<S> {
             return Ok(Some(reason));
         }
         let cap = &self.config.notify.recipient_cap;
-        let since = wall_clock_millis() - cap.window_hours as i64 * 3_600_000;
+        let since = self.clock.now() - cap.window_hours as i64 * 3_600_000;
         let sent = self
             .retry_store("recipient count", || {
                 self.store.recipient_sends(hash, since)
@@ -715,7 +727,7 @@ impl<S: LeadStore + 'static> Shared<S> {
             reason,
         };
         let topic = &self.config.topics.deliveries;
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             let sent = match self.codec.encode(topic, &event).await {
                 Ok(payload) => self
@@ -736,9 +748,9 @@ impl<S: LeadStore + 'static> Shared<S> {
                 Ok(()) => break,
                 Err(e) => {
                     self.producer.renew_if_failed();
+                    let delay = backoff.next_delay();
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "publishing a DeliveryEvent failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

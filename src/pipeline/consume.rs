@@ -164,6 +164,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             scoring: self.config.scoring.clone(),
             slot: self.models.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
         };
         // The first batch is scored by the active model, not by rules alone.
         if let Err(e) = watcher.refresh().await {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::core::clock::wall_clock_millis;
+use crate::core::clock::Clock;
 use crate::events::MILLIS_PER_DAY;
 use crate::metrics::Metrics;
 use crate::ml::training::NoProgress;
@@ -45,6 +45,8 @@ pub struct ModelWatcher<S: LeadStore> {
     pub scoring: ScoringConfig,
     pub slot: Arc<ModelSlot>,
     pub metrics: Arc<Metrics>,
+    /// When a retrain is due, and what a new model's `trained_at` says.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl<S: LeadStore + 'static> ModelWatcher<S> {
@@ -139,7 +141,7 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
         if config.retrain_interval_days > 0 {
             if let Some(record) = self.store.model_record(active.version).await? {
                 let due = record.trained_at + config.retrain_interval_days as i64 * MILLIS_PER_DAY;
-                if wall_clock_millis() >= due {
+                if self.clock.now() >= due {
                     reason = reason.or(Some("schedule"));
                 }
             }
@@ -160,7 +162,7 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
             .filter(|m| m.reason == "drift" || m.reason == "schedule")
             .map(|m| m.trained_at)
             .max();
-        if newest.is_some_and(|t| wall_clock_millis() - t < cooldown.as_millis() as i64) {
+        if newest.is_some_and(|t| self.clock.now() - t < cooldown.as_millis() as i64) {
             return Ok(());
         }
         *last_retrain = Some(Instant::now());
@@ -177,7 +179,7 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
             reason,
             Activation::IfNotWorse,
             Arc::new(NoProgress),
-            wall_clock_millis(),
+            self.clock.now(),
             true,
         )
         .await;

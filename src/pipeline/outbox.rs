@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::store::{LeadStore, OutboxEntry};
 
 use super::Assignment;
+use crate::retry::Backoff;
 use crate::store::with_store_retry;
 
 /// Rows published per round trip to the store.
@@ -52,7 +53,7 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
     /// Publishes until `stop` turns true, then drains what the owned
     /// partitions still have pending and returns.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let stopping = *stop.borrow();
             let partitions = self.assignment.owned_partition_numbers();
@@ -80,7 +81,7 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
             }
             match self.publish(&rows).await {
                 Ok(()) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
                     if let Err(e) = with_store_retry("outbox delete", &self.metrics, || {
                         self.store.outbox_delete(&seqs)
@@ -95,9 +96,9 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
                 Err(e) => {
                     self.metrics.relay_errors.inc();
                     self.producer.renew_if_failed();
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox relay: publish failed, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay: publish failed, retrying");
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

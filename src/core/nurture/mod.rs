@@ -24,6 +24,10 @@ pub mod calendar;
 pub mod experiments;
 pub mod sequences;
 
+mod fire;
+
+pub use fire::{fire_due, FireClock};
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
@@ -181,7 +185,7 @@ impl NurtureConfig {
     }
 }
 
-fn note(state: &mut LeadState, config: &NurtureConfig, at: Millis, text: String) {
+pub(super) fn note(state: &mut LeadState, config: &NurtureConfig, at: Millis, text: String) {
     let history = &mut state.nurture.history;
     history.push_back(Note { at, note: text });
     while history.len() > config.history_limit {
@@ -324,7 +328,7 @@ fn on_delivery(state: &mut LeadState, d: &DeliveryEvent, config: &NurtureConfig)
     }
 }
 
-fn stop_channel(
+pub(super) fn stop_channel(
     state: &mut LeadState,
     config: &NurtureConfig,
     channel: Channel,
@@ -341,7 +345,13 @@ fn stop_channel(
         .insert(channel, ChannelStop { reason, at });
 }
 
-fn leave(state: &mut LeadState, config: &NurtureConfig, at: Millis, status: Status, why: String) {
+pub(super) fn leave(
+    state: &mut LeadState,
+    config: &NurtureConfig,
+    at: Millis,
+    status: Status,
+    why: String,
+) {
     let n = &mut state.nurture;
     let from = n.sequence.clone().unwrap_or_default();
     n.status = status;
@@ -362,7 +372,7 @@ fn leave(state: &mut LeadState, config: &NurtureConfig, at: Millis, status: Stat
 
 /// Enrols a lead that got its first segment, and moves an active lead whose
 /// segment changed to the new segment's sequence.
-fn follow_segment(state: &mut LeadState, config: &NurtureConfig, at: Millis) {
+pub(super) fn follow_segment(state: &mut LeadState, config: &NurtureConfig, at: Millis) {
     if state.created_at.is_none() || state.stage.is_closed() {
         // A stub (no LeadEvent yet) has no name or address to write to.
         return;
@@ -432,7 +442,7 @@ fn follow_segment(state: &mut LeadState, config: &NurtureConfig, at: Millis) {
 }
 
 /// Puts the lead in `sequence` at `at`, its steps counted from `anchor`.
-fn enrol(
+pub(super) fn enrol(
     state: &mut LeadState,
     config: &NurtureConfig,
     sequence: &Sequence,
@@ -475,7 +485,10 @@ fn enrol(
 }
 
 /// The current step of an active lead, if any remains.
-fn current_step<'a>(state: &LeadState, set: &'a SequenceSet) -> Option<(&'a Sequence, &'a Step)> {
+pub(super) fn current_step<'a>(
+    state: &LeadState,
+    set: &'a SequenceSet,
+) -> Option<(&'a Sequence, &'a Step)> {
     let n = &state.nurture;
     let sequence = set.get(n.sequence.as_deref()?)?;
     let variant = sequence.variant_named(n.variant.as_deref())?;
@@ -484,7 +497,7 @@ fn current_step<'a>(state: &LeadState, set: &'a SequenceSet) -> Option<(&'a Sequ
 
 /// Sets `due` for the current step (not before `not_before`), or completes
 /// the sequence when no step is left.
-fn schedule(state: &mut LeadState, config: &NurtureConfig, not_before: Millis) {
+pub(super) fn schedule(state: &mut LeadState, config: &NurtureConfig, not_before: Millis) {
     match current_step(state, config.set()) {
         Some((_, step)) => {
             let nominal = (state.nurture.anchor + step.offset).max(not_before);
@@ -502,11 +515,11 @@ fn schedule(state: &mut LeadState, config: &NurtureConfig, not_before: Millis) {
 
 /// The last contact that arms a reactivation: the lead's or the sales
 /// team's, or its creation when there was none.
-fn contact_anchor(state: &LeadState) -> Option<Millis> {
+pub(super) fn contact_anchor(state: &LeadState) -> Option<Millis> {
     state.last_contact_at.or(state.created_at)
 }
 
-fn refresh_timer(state: &mut LeadState, config: &NurtureConfig) {
+pub(super) fn refresh_timer(state: &mut LeadState, config: &NurtureConfig) {
     state.nurture.timer = if state.stage.is_closed() || !config.enabled {
         None
     } else if state.nurture.status == Status::Active {
@@ -516,7 +529,7 @@ fn refresh_timer(state: &mut LeadState, config: &NurtureConfig) {
     };
 }
 
-fn reactivation_time(state: &LeadState, config: &NurtureConfig) -> Option<Millis> {
+pub(super) fn reactivation_time(state: &LeadState, config: &NurtureConfig) -> Option<Millis> {
     config.set().reactivation()?;
     let anchor = contact_anchor(state)?;
     if state.nurture.reactivated_after == Some(anchor) {
@@ -560,7 +573,7 @@ pub fn channel_blocked(state: &LeadState, channel: Channel) -> Option<String> {
     None
 }
 
-fn conditions_fail(state: &LeadState, step: &Step) -> Option<String> {
+pub(super) fn conditions_fail(state: &LeadState, step: &Step) -> Option<String> {
     let when = &step.when;
     if !when.stage_in.is_empty() && !when.stage_in.contains(&state.stage) {
         return Some(format!("stage is {}", state.stage));
@@ -582,187 +595,4 @@ fn conditions_fail(state: &LeadState, step: &Step) -> Option<String> {
         return Some(format!("the lead had a {kind} since entering"));
     }
     None
-}
-
-/// How the clock reads a due timer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FireClock {
-    /// Live: timers due by `until` (at most `now`) fire, and every check
-    /// (quiet hours, the cap) reads `now`.
-    Live { now: Millis, until: Millis },
-    /// Replay: the clock sweeps up to the bound through each timer, which
-    /// fires at exactly its due time.
-    Sweep(Millis),
-}
-
-impl FireClock {
-    /// Live at `now`, for everything due by then.
-    pub fn live(now: Millis) -> FireClock {
-        FireClock::Live { now, until: now }
-    }
-
-    /// The latest due time that fires.
-    pub fn bound(self) -> Millis {
-        match self {
-            FireClock::Live { now, until } => until.min(now),
-            FireClock::Sweep(t) => t,
-        }
-    }
-
-    fn reading(self, due: Millis) -> Millis {
-        match self {
-            FireClock::Live { now, .. } => now,
-            FireClock::Sweep(_) => due,
-        }
-    }
-}
-
-/// Fires everything due on the lead up to the clock: messages to send, a
-/// step to skip or postpone, or a reactivation. Returns the messages.
-pub fn fire_due(
-    state: &mut LeadState,
-    config: &NurtureConfig,
-    clock: FireClock,
-) -> Vec<OutboundMessage> {
-    let mut messages = Vec::new();
-    if !config.enabled {
-        return messages;
-    }
-    // Every round fires, skips, postpones to a later time or enrols, so this
-    // bound is never reached by a correct state; it guards against a loop.
-    for _ in 0..64 {
-        refresh_timer(state, config);
-        let Some(due) = state.nurture.timer else {
-            break;
-        };
-        if due > clock.bound() {
-            break;
-        }
-        let now = clock.reading(due);
-        if state.nurture.status != Status::Active {
-            reactivate(state, config, now);
-            continue;
-        }
-        let Some((sequence, step)) = current_step(state, config.set()) else {
-            schedule(state, config, now);
-            continue;
-        };
-        let skip = conditions_fail(state, step)
-            .map(|why| format!("conditions not met: {why}"))
-            .or_else(|| channel_blocked(state, step.channel));
-        if let Some(why) = skip {
-            note(
-                state,
-                config,
-                now,
-                format!("skipped `{}` of `{}`: {why}", step.id, sequence.name),
-            );
-            advance(state, config, now);
-            continue;
-        }
-        let allowed = config.allowed_at(state, now);
-        if allowed > now {
-            state.nurture.due = Some(allowed);
-            continue;
-        }
-        let window = config.frequency_cap.window_hours as Millis * HOUR;
-        state.nurture.recent_sends.retain(|t| *t > now - window);
-        if state.nurture.recent_sends.len() >= config.frequency_cap.max_messages as usize {
-            let oldest = state
-                .nurture
-                .recent_sends
-                .iter()
-                .min()
-                .copied()
-                .unwrap_or(now);
-            let later = config.allowed_at(state, oldest + window);
-            note(
-                state,
-                config,
-                now,
-                format!(
-                    "`{}` of `{}` waits for the frequency cap ({} per {} h)",
-                    step.id,
-                    sequence.name,
-                    config.frequency_cap.max_messages,
-                    config.frequency_cap.window_hours
-                ),
-            );
-            state.nurture.due = Some(later.max(now + 1));
-            continue;
-        }
-        messages.push(message(state, sequence, step, due, now));
-        state.nurture.recent_sends.push(now);
-        advance(state, config, now);
-    }
-    refresh_timer(state, config);
-    messages
-}
-
-fn advance(state: &mut LeadState, config: &NurtureConfig, now: Millis) {
-    state.nurture.next_step += 1;
-    schedule(state, config, now);
-}
-
-fn reactivate(state: &mut LeadState, config: &NurtureConfig, now: Millis) {
-    let Some(sequence) = config.set().reactivation() else {
-        return;
-    };
-    state.nurture.reactivated_after = contact_anchor(state);
-    let days = config.reactivation_after_days;
-    enrol(
-        state,
-        config,
-        sequence,
-        now,
-        now,
-        0,
-        format!("entered `{}`: no contact for {days} days", sequence.name),
-    );
-}
-
-fn message(
-    state: &LeadState,
-    sequence: &Sequence,
-    step: &Step,
-    scheduled_for: Millis,
-    now: Millis,
-) -> OutboundMessage {
-    let n = &state.nurture;
-    let to = match step.channel {
-        Channel::Email => state.email.clone(),
-        Channel::Sms => state.phone.clone(),
-    }
-    .unwrap_or_default();
-    let mut data = BTreeMap::new();
-    data.insert("lead_ext_id".to_string(), state.lead_ext_id.clone());
-    for (key, value) in [
-        ("first_name", &state.first_name),
-        ("last_name", &state.last_name),
-        ("company", &state.company),
-        ("owner", &state.owner),
-        ("source", &state.source),
-    ] {
-        if let Some(v) = value {
-            data.insert(key.to_string(), v.clone());
-        }
-    }
-    if let Some(score) = &state.score {
-        data.insert("segment".into(), score.segment.to_string());
-    }
-    data.insert("stage".into(), state.stage.to_string());
-    OutboundMessage {
-        message_id: message_id(&state.lead_ext_id, &sequence.name, &step.id, n.cycle),
-        lead_ext_id: state.lead_ext_id.clone(),
-        channel: step.channel,
-        to,
-        template: step.template.clone(),
-        data,
-        sequence: sequence.name.clone(),
-        step: n.next_step as i32,
-        cycle: n.cycle as i32,
-        variant: n.variant.clone(),
-        scheduled_for,
-        created_at: now,
-    }
 }

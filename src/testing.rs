@@ -1,0 +1,78 @@
+//! Builders of input events for tests and benchmarks (the `test-util`
+//! feature, on in this crate's own tests): each gives a complete, valid
+//! event with ordinary values, and a test states only what matters to it
+//! with struct update syntax, e.g.
+//! `LeadEvent { source: Some("ads".into()), ..lead_created("L-1", t0) }`.
+
+use std::collections::BTreeMap;
+
+use crate::events::{
+    Consent, InteractionEvent, InteractionKind, LeadEvent, LeadEventKind, Millis, Stage,
+    StageChangeEvent,
+};
+
+/// A lead created at `at`: a referral from Faro Labs with both channels
+/// consented, in Madrid, event id `<id>-created`.
+pub fn lead_created(id: &str, at: Millis) -> LeadEvent {
+    LeadEvent {
+        event_id: format!("{id}-created"),
+        lead_ext_id: id.into(),
+        kind: LeadEventKind::Created,
+        occurred_at: at,
+        email: Some("ana@example.com".into()),
+        phone: None,
+        first_name: Some("Ana".into()),
+        last_name: None,
+        company: Some("Faro Labs".into()),
+        source: Some("referral".into()),
+        owner: Some("rep-02".into()),
+        estimated_value: Some(30_000.0),
+        probability: Some(0.4),
+        initial_score: None,
+        consent: Some(consent(true, true, at)),
+        timezone: Some("Europe/Madrid".into()),
+        attributes: BTreeMap::new(),
+    }
+}
+
+/// Consent for email and SMS recorded at `at` from a form.
+pub fn consent(email: bool, sms: bool, at: Millis) -> Consent {
+    Consent {
+        email: Some(email),
+        sms: Some(sms),
+        recorded_at: at,
+        source: "form".into(),
+    }
+}
+
+/// An interaction of `kind` on `channel`, event id `<id>-i<n>`.
+pub fn interaction(
+    id: &str,
+    n: u32,
+    kind: InteractionKind,
+    at: Millis,
+    channel: &str,
+) -> InteractionEvent {
+    InteractionEvent {
+        event_id: format!("{id}-i{n}"),
+        lead_ext_id: id.into(),
+        occurred_at: at,
+        kind,
+        channel: Some(channel.into()),
+        actor: None,
+        attributes: BTreeMap::new(),
+    }
+}
+
+/// A move to `to` with no owner or deal value, event id `<id>-s<n>`.
+pub fn stage_change(id: &str, n: u32, to: Stage, at: Millis) -> StageChangeEvent {
+    StageChangeEvent {
+        event_id: format!("{id}-s{n}"),
+        lead_ext_id: id.into(),
+        occurred_at: at,
+        from_stage: None,
+        to_stage: to,
+        owner: None,
+        deal_value: None,
+    }
+}
