@@ -38,10 +38,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
-
-    pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next_delay()).await;
-    }
 }
 
 /// Runs `op` until it succeeds or fails with an error `transient` refuses;

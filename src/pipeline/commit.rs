@@ -20,7 +20,6 @@ use crate::store::{BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance
 
 use super::assignment::TopicPartition;
 use super::timers::{fire_round, FiredLead};
-use super::RunSummary;
 
 /// A lead a batch changed.
 pub struct TouchedLead {
@@ -51,13 +50,6 @@ impl From<FiredLead> for TouchedLead {
             state: f.state,
         }
     }
-}
-
-/// What applying a batch produced: the new states of the leads it changed
-/// and the outputs, each with the partition of the event that caused it.
-pub struct AppliedBatch {
-    pub leads: Vec<TouchedLead>,
-    pub outputs: Vec<(i32, Output)>,
 }
 
 /// What one transaction applies.
@@ -115,16 +107,7 @@ pub async fn prepare<S: LeadStore>(
             events,
             model,
             clock,
-        } => {
-            let mut summary = RunSummary::default();
-            let batch = load_and_apply(store, events, config, model, clock, &mut summary).await?;
-            Ok(Prepared {
-                leads: batch.leads,
-                outputs: batch.outputs,
-                applied: summary.applied,
-                duplicates: summary.duplicates,
-            })
-        }
+        } => load_and_apply(store, events, config, model, clock).await,
         Work::Timers {
             partitions,
             clock,
@@ -209,14 +192,13 @@ pub async fn apply_and_commit<S: LeadStore>(
 
 /// Loads the leads of a batch, applies the batch in the core and says
 /// which leads changed, with what the store held for them.
-pub async fn load_and_apply<S: LeadStore>(
+async fn load_and_apply<S: LeadStore>(
     store: &S,
     events: &[(i32, InputEvent)],
     config: &Config,
     model: Option<&ActiveModel>,
     clock: BatchClock,
-    summary: &mut RunSummary,
-) -> Result<AppliedBatch, StoreError> {
+) -> Result<Prepared, StoreError> {
     let mut ids: Vec<&str> = events.iter().map(|(_, e)| e.lead_ext_id()).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -232,9 +214,6 @@ pub async fn load_and_apply<S: LeadStore>(
         nurture: config.nurture.enabled.then_some(&config.nurture),
     };
     let outcome = apply::apply_batch(&mut states, events, &ctx, clock);
-    summary.applied += outcome.applied;
-    summary.duplicates += outcome.duplicates;
-    summary.outputs += outcome.outputs.len() as u64;
     let leads = outcome
         .touched
         .into_iter()
@@ -250,9 +229,11 @@ pub async fn load_and_apply<S: LeadStore>(
             })
         })
         .collect();
-    Ok(AppliedBatch {
+    Ok(Prepared {
         leads,
         outputs: outcome.outputs,
+        applied: outcome.applied,
+        duplicates: outcome.duplicates,
     })
 }
 
