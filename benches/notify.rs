@@ -163,10 +163,10 @@ async fn main() {
         }
         busiest = busiest.max(end - start);
     }
-    let waits = metrics
-        .notify_rate_limit_waits
-        .with_label_values(&["email"])
-        .get();
+    let waits = metrics.value(
+        "leadflow_notify_rate_limit_waits_total",
+        &[("channel", "email")],
+    );
     println!(
         "first to last request: {:.1} s ({:.1} requests/s); busiest one-second window: {busiest} requests; {waits} sends waited for the limiter",
         span.as_secs_f64(),

@@ -125,19 +125,17 @@ async fn leadflow_loop<S: LeadStore + 'static>(
             .await
             .unwrap()
     });
+    let published =
+        |topic: &str| metrics.value("leadflow_outputs_published_total", &[("topic", topic)]) as u64;
     let mut first = None;
     loop {
-        let applied = metrics.events_applied.get() as usize;
+        let applied = metrics.value("leadflow_events_applied_total", &[]) as usize;
         if applied > 0 {
             first.get_or_insert_with(Instant::now);
         }
         if applied >= total
-            && metrics.outbox_depth.get() == 0
-            && metrics
-                .outputs_published
-                .with_label_values(&[&config.topics.scores])
-                .get()
-                > 0
+            && metrics.value("leadflow_outbox_depth", &[]) == 0.0
+            && published(&config.topics.scores) > 0
         {
             break;
         }
@@ -146,7 +144,6 @@ async fn leadflow_loop<S: LeadStore + 'static>(
     let seconds = first.unwrap().elapsed().as_secs_f64();
     stop.send(()).unwrap();
     run.await.unwrap();
-    let published = |topic: &str| metrics.outputs_published.with_label_values(&[topic]).get();
     (
         seconds,
         published(&config.topics.scores),

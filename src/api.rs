@@ -33,7 +33,7 @@ async fn health() -> &'static str {
 }
 
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.metrics.assigned_partitions.get() > 0 {
+    if state.metrics.has_assigned_partitions() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no partitions assigned\n")

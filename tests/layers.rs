@@ -218,3 +218,35 @@ fn the_check_sees_a_circle() {
     let paths: Vec<String> = refs.iter().map(|(p, _)| p.join("::")).collect();
     assert_eq!(paths, ["core::state", "core::rules::X"]);
 }
+
+/// Metric names are listed once, in `src/metrics/mod.rs`; everything else
+/// reports through an internal event (see `metrics::internal_events`).
+#[test]
+fn metric_names_are_declared_in_one_place() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let declared = src.join("metrics").join("mod.rs");
+    let mut strays = Vec::new();
+    for file in files.iter().filter(|f| **f != declared) {
+        let text = std::fs::read_to_string(file).expect("readable source");
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("\"leadflow_") {
+                strays.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        strays.is_empty(),
+        "metric names outside src/metrics/mod.rs:\n{}",
+        strays.join("\n")
+    );
+    let names = std::fs::read_to_string(&declared)
+        .expect("readable metrics")
+        .matches("\"leadflow_")
+        .count();
+    assert!(
+        names >= 20,
+        "the metrics are declared in src/metrics/mod.rs ({names} found)"
+    );
+}

@@ -258,11 +258,11 @@ async fn activated_model_takes_over_without_a_restart<S: LeadStore + 'static>(
         common::committed_messages(store.as_ref(), &config).await == half as i64
     })
     .await;
-    assert_eq!(metrics.model_version.get(), 1);
+    assert_eq!(metrics.value("leadflow_model_active_version", &[]), 1.0);
 
     store.activate_model(2, 2).await.unwrap();
     wait_for("the switch", Duration::from_secs(10), async || {
-        metrics.model_version.get() == 2
+        metrics.value("leadflow_model_active_version", &[]) == 2.0
     })
     .await;
     kafka::publish_inputs(&config, &codec, &events[half..], InputFormat::Avro, 0)
@@ -271,8 +271,8 @@ async fn activated_model_takes_over_without_a_restart<S: LeadStore + 'static>(
     let summary = task.await.unwrap().unwrap();
     assert_eq!(summary.applied, events.len() as u64, "no event lost");
     assert_eq!(
-        metrics.model_swaps.get(),
-        2,
+        metrics.value("leadflow_model_swaps_total", &[]),
+        2.0,
         "rules -> 1 at start, 1 -> 2 live"
     );
 
@@ -338,22 +338,20 @@ async fn source_drift_raises_psi_and_retrains<S: LeadStore + 'static>(store: Arc
     .await;
 
     let (task, metrics) = common::spawn_pipeline(&config, store.clone(), Duration::from_secs(120));
-    let source_psi = || metrics.feature_psi.with_label_values(&["source"]).get();
+    let source_psi = || metrics.value("leadflow_model_feature_psi", &[("feature", "source")]);
+    // Activated or kept the previous one: a retrain that did not fail.
     let retrains = || {
-        metrics
-            .model_retrains
-            .with_label_values(&["drift", "activated"])
-            .get()
-            + metrics
-                .model_retrains
-                .with_label_values(&["drift", "kept_previous"])
-                .get()
+        metrics.value("leadflow_model_retrains_total", &[("reason", "drift")])
+            - metrics.value(
+                "leadflow_model_retrains_total",
+                &[("reason", "drift"), ("result", "failed")],
+            )
     };
     // The first checks see the traffic the model was trained with.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let before = source_psi();
     assert!(before < 0.05, "PSI of source before the shift: {before}");
-    assert_eq!(retrains(), 0);
+    assert_eq!(retrains(), 0.0);
 
     // New leads now come mostly from social and paid search.
     let shifted = simulate::generate(&SimulationParams {
@@ -372,7 +370,7 @@ async fn source_drift_raises_psi_and_retrains<S: LeadStore + 'static>(store: Arc
         .await
         .unwrap();
     wait_for("a drift retrain", Duration::from_secs(90), async || {
-        retrains() >= 1
+        retrains() >= 1.0
     })
     .await;
     let after = source_psi();
@@ -438,16 +436,16 @@ async fn an_old_model_is_retrained_on_schedule<S: LeadStore + 'static>(store: Ar
     wait_for(
         "the new model in the slot",
         Duration::from_secs(10),
-        async || metrics.model_version.get() == retrained,
+        async || metrics.value("leadflow_model_active_version", &[]) == retrained as f64,
     )
     .await;
     assert_eq!(store.active_model_version().await.unwrap(), Some(retrained));
     assert_eq!(
-        metrics
-            .model_retrains
-            .with_label_values(&["schedule", "activated"])
-            .get(),
-        1
+        metrics.value(
+            "leadflow_model_retrains_total",
+            &[("reason", "schedule"), ("result", "activated")]
+        ),
+        1.0
     );
     // A fresh model is not due: no second retrain.
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -573,17 +573,12 @@ async fn providers_are_called_as_documented_and_their_answers_honoured<S: LeadSt
         "{dead:?}"
     );
 
-    assert_eq!(metrics.notify_dedupe_hits.get(), 1);
-    let retries: u64 = ["premium_welcome"]
-        .iter()
-        .map(|t| {
-            metrics
-                .notify_retries
-                .with_label_values(&["email", t])
-                .get()
-        })
-        .sum();
-    assert_eq!(retries, 3, "429, 500 and the hang were retried once each");
+    assert_eq!(metrics.value("leadflow_notify_dedupe_hits_total", &[]), 1.0);
+    let retries = metrics.value(
+        "leadflow_notify_retries_total",
+        &[("channel", "email"), ("template", "premium_welcome")],
+    );
+    assert_eq!(retries, 3.0, "429, 500 and the hang were retried once each");
     let rendered = metrics.render();
     assert!(rendered.contains("leadflow_notify_provider_request_seconds_bucket"));
     assert!(rendered.contains(r#"leadflow_notify_messages_total{channel="email",outcome="bounced",template="premium_welcome"} 1"#), "{rendered}");

@@ -359,7 +359,7 @@ async fn waits_out_a_database_outage_and_loses_nothing() {
         .expect("the processor waits out the outage");
     assert_eq!(summary.applied, events.len() as u64);
     assert!(
-        metrics.store_retries.get() > 0,
+        metrics.value("leadflow_store_retries_total", &[]) > 0.0,
         "the outage was noticed and retried"
     );
     assert_equals_clean_run(&direct, &config, &clean_run(&config, &events).await).await;
@@ -392,7 +392,7 @@ async fn waits_out_a_locked_sqlite_database_and_loses_nothing() {
         .expect("the processor waits out the lock");
     assert_eq!(summary.applied, events.len() as u64);
     assert!(
-        metrics.store_retries.get() > 0,
+        metrics.value("leadflow_store_retries_total", &[]) > 0.0,
         "the busy database was noticed and retried"
     );
     assert_equals_clean_run(store.as_ref(), &config, &clean_run(&config, &events).await).await;

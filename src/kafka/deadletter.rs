@@ -18,6 +18,7 @@ use tracing::warn;
 use crate::codec::CodecError;
 use crate::events::Millis;
 use crate::kafka::SharedProducer;
+use crate::metrics::internal_events::DeadLettered;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
@@ -129,18 +130,23 @@ impl DeadLetters {
 
     /// Writes `message` to the dead-letter topic.
     pub async fn send(&self, message: &RawMessage, rejection: &Rejection) {
+        let error = shorten(&rejection.message, MAX_ERROR_HEADER_BYTES);
         write_dead_letter(
             &self.producer,
             &self.topic,
             self.max_bytes,
             message,
-            rejection,
+            rejection.kind,
+            &error,
         )
         .await;
-        self.metrics
-            .dead_letters
-            .with_label_values(&[rejection.kind])
-            .inc();
+        self.metrics.emit(DeadLettered {
+            topic: &message.topic,
+            partition: message.partition,
+            offset: message.offset,
+            reason: rejection.kind,
+            error: &error,
+        });
     }
 
     /// [`DeadLetters::send`], then an error when the budget trips.
@@ -209,17 +215,9 @@ async fn write_dead_letter(
     topic: &str,
     max_bytes: usize,
     message: &RawMessage,
-    rejection: &Rejection,
+    kind: &str,
+    error_message: &str,
 ) {
-    let error_message = shorten(&rejection.message, MAX_ERROR_HEADER_BYTES);
-    warn!(
-        topic = %message.topic,
-        partition = message.partition,
-        offset = message.offset,
-        kind = rejection.kind,
-        error = %error_message,
-        "dead-lettering message"
-    );
     let partition = message.partition.to_string();
     let offset = message.offset.to_string();
     let key = message.key.as_deref();
@@ -236,8 +234,8 @@ async fn write_dead_letter(
             .insert(header(dlq_headers::SOURCE_TOPIC, &message.topic))
             .insert(header(dlq_headers::SOURCE_PARTITION, &partition))
             .insert(header(dlq_headers::SOURCE_OFFSET, &offset))
-            .insert(header(dlq_headers::ERROR_KIND, rejection.kind))
-            .insert(header(dlq_headers::ERROR_MESSAGE, &error_message));
+            .insert(header(dlq_headers::ERROR_KIND, kind))
+            .insert(header(dlq_headers::ERROR_MESSAGE, error_message));
         if truncated {
             headers = headers
                 .insert(header(dlq_headers::TRUNCATED, "true"))

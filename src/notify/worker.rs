@@ -37,6 +37,10 @@ use crate::core::clock::{Clock, WallClock};
 use crate::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
 use crate::kafka::deadletter::{DeadLetters, RawMessage, Rejection};
 use crate::kafka::{client_config, SharedProducer};
+use crate::metrics::internal_events::{
+    AssignedPartitionsObserved, ConsumerError, DeliveryDuplicate, MessageHandled,
+    ProviderResponded, ProviderRetry, RateLimitWaited,
+};
 use crate::metrics::Metrics;
 use crate::retry::{retry_transient, Backoff};
 use crate::store::with_store_retry;
@@ -223,7 +227,7 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
                     let m = match received {
                         Ok(m) => m,
                         Err(e) => {
-                            warn!(error = %e, "consumer error");
+                            self.shared.metrics.emit(ConsumerError { consumer: "notify", error: &e });
                             continue;
                         }
                     };
@@ -247,7 +251,7 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
                 }
                 _ = commit_tick.tick() => {
                     let assigned = consumer.assignment().map(|t| t.count()).unwrap_or(0);
-                    self.shared.metrics.assigned_partitions.set(assigned as i64);
+                    self.shared.metrics.emit(AssignedPartitionsObserved { partitions: assigned });
                     commit(&consumer, &config.topics.outbound, &mut progress, CommitMode::Async);
                     if exit_when_idle.is_some_and(|idle| tasks.is_empty() && last_activity.elapsed() >= idle) {
                         break;
@@ -404,7 +408,9 @@ impl<S: LeadStore + 'static> Shared<S> {
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
         };
         if record.status != "sending" {
-            self.metrics.notify_dedupe_hits.inc();
+            self.metrics.emit(DeliveryDuplicate {
+                message_id: &message.message_id,
+            });
             if !record.reported {
                 self.report(&message, &record).await?;
             }
@@ -447,10 +453,12 @@ impl<S: LeadStore + 'static> Shared<S> {
             warn!(message_id = %message.message_id, "claim lost to another worker before the outcome was recorded");
             return Ok(Handled::ClaimLost);
         }
-        self.metrics
-            .notify_messages
-            .with_label_values(&[message.channel.as_str(), &message.template, status])
-            .inc();
+        self.metrics.emit(MessageHandled {
+            message_id: &message.message_id,
+            channel: message.channel.as_str(),
+            template: &message.template,
+            outcome: status,
+        });
         let record = DeliveryRecord {
             message_id: message.message_id.clone(),
             lead_ext_id: message.lead_ext_id.clone(),
@@ -619,14 +627,10 @@ impl<S: LeadStore + 'static> Shared<S> {
             let now = self.now();
             let slot = limiter.lock().expect("limiter lock").reserve(now);
             if slot > now {
-                self.metrics
-                    .notify_rate_limit_waits
-                    .with_label_values(&[channel])
-                    .inc();
-                self.metrics
-                    .notify_rate_limit_wait_seconds
-                    .with_label_values(&[channel])
-                    .inc_by((slot - now).as_secs_f64());
+                self.metrics.emit(RateLimitWaited {
+                    channel,
+                    wait: slot - now,
+                });
                 tokio::time::sleep_until(self.origin + slot).await;
             }
             let (provider, started) = match message.channel {
@@ -643,10 +647,11 @@ impl<S: LeadStore + 'static> Shared<S> {
                 Err(SendError::Rejected { .. }) => "4xx",
                 Err(SendError::Transient(_)) => "error",
             };
-            self.metrics
-                .notify_provider_seconds
-                .with_label_values(&[provider, class])
-                .observe(started.elapsed().as_secs_f64());
+            self.metrics.emit(ProviderResponded {
+                provider,
+                status: class,
+                duration: started.elapsed(),
+            });
             let error = match result {
                 Ok(receipt) => return Ok(Ok((receipt, attempt))),
                 Err(e @ SendError::Rejected { .. }) => return Ok(Err((e, attempt))),
@@ -655,10 +660,6 @@ impl<S: LeadStore + 'static> Shared<S> {
             if attempt >= retry.max_attempts {
                 return Ok(Err((error, attempt)));
             }
-            self.metrics
-                .notify_retries
-                .with_label_values(&[channel, &message.template])
-                .inc();
             let backoff = {
                 let exp = retry
                     .initial_backoff_ms
@@ -681,7 +682,14 @@ impl<S: LeadStore + 'static> Shared<S> {
                 }
                 _ => backoff,
             };
-            warn!(message_id = %message.message_id, attempt, error = %error, retry_in_ms = wait.as_millis() as u64, "provider request failed; retrying");
+            self.metrics.emit(ProviderRetry {
+                message_id: &message.message_id,
+                channel,
+                template: &message.template,
+                attempt,
+                error: &error,
+                retry_in: wait,
+            });
             tokio::time::sleep(wait).await;
         }
     }

@@ -10,8 +10,9 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{error, info};
+use tracing::error;
 
+use crate::metrics::internal_events::{PartitionsAssigned, PartitionsRevoked};
 use crate::metrics::Metrics;
 use crate::store::{with_store_retry, LeadStore};
 
@@ -85,14 +86,12 @@ impl<S: LeadStore + 'static> ConsumerContext for AssignmentContext<S> {
         tpl: &mut TopicPartitionList,
     ) {
         if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                info!(partitions = tpl.count(), "partitions revoked");
-            } else {
-                error!(error = ?err, "rebalance error; unassigning");
-            }
+            let revoked = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
             self.assignment.replace(BTreeMap::new(), None);
-            self.metrics.assigned_partitions.set(0);
-            self.metrics.consumer_lag.reset();
+            self.metrics.emit(PartitionsRevoked {
+                partitions: tpl.count(),
+                error: (!revoked).then_some(&err as &dyn std::fmt::Debug),
+            });
             let _ = base.unassign();
             return;
         }
@@ -134,13 +133,9 @@ impl<S: LeadStore + 'static> ConsumerContext for AssignmentContext<S> {
             error!(error = %e, "assign failed");
             e.to_string()
         });
-        info!(
-            partitions = assigned.count(),
-            "partitions assigned at stored offsets"
-        );
-        self.metrics
-            .assigned_partitions
-            .set(assigned.count() as i64);
+        self.metrics.emit(PartitionsAssigned {
+            partitions: assigned.count(),
+        });
         self.assignment.replace(positions, failure);
     }
 }

@@ -14,6 +14,7 @@ use crate::config::ClockMode;
 use crate::core::apply::BatchClock;
 use crate::core::nurture::FireClock;
 use crate::events::{InputEvent, InputStream};
+use crate::metrics::internal_events::{BatchCommitted, TimersFired};
 use crate::store::{with_store_retry, LeadStore, OffsetAdvance, StoreError};
 
 use super::assignment::TopicPartition;
@@ -111,14 +112,13 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         })
         .await?;
         let outputs = prepared.outputs.len();
-        self.metrics.events_applied.inc_by(prepared.applied);
-        self.metrics.events_duplicate.inc_by(prepared.duplicates);
-        self.metrics.outputs_written.inc_by(outputs as u64);
-        self.metrics.outbox_depth.add(outputs as i64);
-        self.metrics
-            .batch_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_events.observe(events.len() as f64);
+        self.metrics.emit(BatchCommitted {
+            events: events.len(),
+            applied: prepared.applied,
+            duplicates: prepared.duplicates,
+            outputs,
+            duration: started.elapsed(),
+        });
         summary.applied += prepared.applied;
         summary.duplicates += prepared.duplicates;
         summary.outputs += outputs as u64;
@@ -227,9 +227,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             .await?;
             total += leads;
             summary.outputs += outputs as u64;
-            self.metrics.timers_fired.inc_by(leads as u64);
-            self.metrics.outputs_written.inc_by(outputs as u64);
-            self.metrics.outbox_depth.add(outputs as i64);
+            self.metrics.emit(TimersFired { leads, outputs });
             if leads < limit {
                 break;
             }

@@ -20,6 +20,9 @@ use crate::core::clock::{Clock, WallClock};
 use crate::events::{InputEvent, InputStream, Millis};
 use crate::kafka::deadletter::{DeadLetters, RawMessage, Rejection};
 use crate::kafka::{client_config, SharedProducer};
+use crate::metrics::internal_events::{
+    ConsumerError, ConsumerLag, EventReceived, LogDiscontinuity, OutboxDepthRead,
+};
 use crate::metrics::Metrics;
 use crate::store::LeadStore;
 
@@ -157,7 +160,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         let (stop_relay, relay_stop) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         if let Ok(depth) = self.store.outbox_depth().await {
-            self.metrics.outbox_depth.set(depth);
+            self.metrics.emit(OutboxDepthRead { depth });
         }
         let watcher = ModelWatcher {
             store: self.store.clone(),
@@ -307,7 +310,10 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => {
-                    warn!(error = %e, "consumer error");
+                    self.metrics.emit(ConsumerError {
+                        consumer: "processor",
+                        error: &e,
+                    });
                     continue;
                 }
                 Ok(Ok(m)) => m,
@@ -344,22 +350,22 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             // The log is the input: go on from here, loudly; event ids still
             // guard against applying a repeated event twice.
             None => match position {
-                Some(stored) if raw.offset != stored => warn!(
-                    topic = %raw.topic,
-                    partition = raw.partition,
-                    stored_next_offset = stored,
-                    first_offset = raw.offset,
-                    "the log does not continue where the store left off (topic recreated, data lost or expired); applying from here"
-                ),
+                Some(stored) if raw.offset != stored => self.metrics.emit(LogDiscontinuity {
+                    topic: &raw.topic,
+                    partition: raw.partition,
+                    stored_next_offset: stored,
+                    first_offset: raw.offset,
+                }),
                 _ => {}
             },
         }
         state.received.insert(tp, raw.offset + 1);
         summary.consumed += 1;
-        self.metrics
-            .events_consumed
-            .with_label_values(&[&raw.topic])
-            .inc();
+        self.metrics.emit(EventReceived {
+            topic: &raw.topic,
+            partition: raw.partition,
+            offset: raw.offset,
+        });
         let offset = raw.offset;
         let partition = raw.partition;
         let (time, item) = match self.decode(stream, &raw).await {
@@ -435,10 +441,11 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         for ((topic, partition), position) in &state.positions {
             if let Some(high) = self.cached_high_watermark(topic, *partition) {
                 let lag = (high - position.unwrap_or(0)).max(0);
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[topic, &partition.to_string()])
-                    .set(lag);
+                self.metrics.emit(ConsumerLag {
+                    topic,
+                    partition: *partition,
+                    lag,
+                });
             }
         }
     }

@@ -6,10 +6,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::core::clock::Clock;
 use crate::events::MILLIS_PER_DAY;
+use crate::metrics::internal_events::{
+    DriftChecked, ModelRetrainFailed, ModelRetrained, ModelSwitched,
+};
 use crate::metrics::Metrics;
 use crate::ml::training::NoProgress;
 use crate::ml::{ActiveModel, ScoringConfig};
@@ -60,11 +63,10 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
         let version = model.as_ref().map(|m| m.version);
         let had = self.slot.version();
         self.slot.set(model);
-        self.metrics.model_version.set(version.unwrap_or(0));
-        if had.is_some() || version.is_some() {
-            self.metrics.model_swaps.inc();
-        }
-        info!(from = ?had, to = ?version, "scoring model switched");
+        self.metrics.emit(ModelSwitched {
+            from: had,
+            to: version,
+        });
         Ok(())
     }
 
@@ -113,27 +115,17 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
                 let psi = profile.psi(&traffic);
                 let mut worst = ("", 0.0);
                 for (feature, value) in &psi {
-                    self.metrics
-                        .feature_psi
-                        .with_label_values(&[feature])
-                        .set(*value);
                     if *value > worst.1 {
                         worst = (feature, *value);
                     }
                 }
-                debug!(
-                    feature = worst.0,
-                    psi = worst.1,
-                    rows = traffic.rows(),
-                    "drift check"
-                );
+                self.metrics.emit(DriftChecked {
+                    psi: &psi,
+                    worst,
+                    rows: traffic.rows(),
+                    threshold: config.drift_threshold,
+                });
                 if config.drift_threshold > 0.0 && worst.1 > config.drift_threshold {
-                    info!(
-                        feature = worst.0,
-                        psi = worst.1,
-                        threshold = config.drift_threshold,
-                        "feature drift"
-                    );
                     reason = Some("drift");
                 }
             }
@@ -183,24 +175,17 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
             true,
         )
         .await;
-        let outcome = match &result {
-            Ok(r) if r.activated => "activated",
-            Ok(_) => "kept_previous",
-            Err(_) => "failed",
-        };
-        self.metrics
-            .model_retrains
-            .with_label_values(&[reason, outcome])
-            .inc();
-        let registered = result?;
-        info!(
-            reason,
-            version = registered.version,
-            auc = registered.outcome.evaluation.model.roc_auc,
-            previous = ?registered.previous.as_ref().map(|(v, m)| (v, m.roc_auc)),
-            activated = registered.activated,
-            "retrained"
-        );
+        match &result {
+            Ok(registered) => self.metrics.emit(ModelRetrained {
+                reason,
+                version: registered.version,
+                auc: registered.outcome.evaluation.model.roc_auc,
+                previous: registered.previous.as_ref().map(|(v, m)| (*v, m.roc_auc)),
+                activated: registered.activated,
+            }),
+            Err(error) => self.metrics.emit(ModelRetrainFailed { reason, error }),
+        }
+        result?;
         self.refresh().await
     }
 }

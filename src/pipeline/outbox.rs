@@ -18,6 +18,7 @@ use tracing::warn;
 use crate::codec::{Codec, CodecError};
 use crate::core::apply::Output;
 use crate::kafka::SharedProducer;
+use crate::metrics::internal_events::{OutboxPublishFailed, OutboxRowsDeleted, OutputPublished};
 use crate::metrics::Metrics;
 use crate::store::{LeadStore, OutboxEntry};
 
@@ -91,13 +92,15 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
                         warn!(error = %e, "outbox relay cannot delete published rows; stopping the relay");
                         return;
                     }
-                    self.metrics.outbox_depth.sub(rows.len() as i64);
+                    self.metrics.emit(OutboxRowsDeleted { rows: rows.len() });
                 }
                 Err(e) => {
-                    self.metrics.relay_errors.inc();
                     self.producer.renew_if_failed();
                     let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay: publish failed, retrying");
+                    self.metrics.emit(OutboxPublishFailed {
+                        error: &e,
+                        retry_in: delay,
+                    });
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -132,10 +135,7 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
         }
         while let Some(ack) = acks.next().await {
             let topic = ack?;
-            self.metrics
-                .outputs_published
-                .with_label_values(&[&topic])
-                .inc();
+            self.metrics.emit(OutputPublished { topic: &topic });
         }
         Ok(())
     }

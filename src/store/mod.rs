@@ -126,8 +126,11 @@ where
         crate::retry::Backoff::outage(),
         StoreError::is_transient,
         |e, delay| {
-            metrics.store_retries.inc();
-            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}: store unavailable, retrying");
+            metrics.emit(crate::metrics::internal_events::StoreRetry {
+                what,
+                error: e,
+                retry_in: delay,
+            })
         },
         op,
     )
