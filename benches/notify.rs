@@ -27,6 +27,7 @@ use leadflow::metrics::Metrics;
 use leadflow::notify::worker::NotifyWorker;
 use leadflow::store::prelude::*;
 use leadflow::store::{BatchWrite, LeadWrite, SqliteStore};
+use leadflow::testing::outbound_message;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -104,17 +105,13 @@ async fn main() {
     for s in &states {
         let m = OutboundMessage {
             message_id: leadflow::core::ids::message_id(&s.lead_ext_id, "bench", "welcome", 0),
-            lead_ext_id: s.lead_ext_id.clone(),
-            channel: Channel::Email,
-            to: s.email.clone().unwrap(),
-            template: "welcome".into(),
-            data: BTreeMap::new(),
             sequence: "bench".into(),
-            step: 0,
-            cycle: 0,
-            variant: None,
-            scheduled_for: 0,
-            created_at: 0,
+            ..outbound_message(
+                &s.lead_ext_id,
+                Channel::Email,
+                s.email.as_deref().unwrap(),
+                "welcome",
+            )
         };
         let payload = codec.encode(&config.topics.outbound, &m).await.unwrap();
         let producer = producer.clone();

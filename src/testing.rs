@@ -1,4 +1,4 @@
-//! Builders of input events for tests and benchmarks (the `test-util`
+//! Builders of events for tests and benchmarks (the `test-util`
 //! feature, on in this crate's own tests): each gives a complete, valid
 //! event with ordinary values, and a test states only what matters to it
 //! with struct update syntax, e.g.
@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use crate::events::{
-    Consent, InteractionEvent, InteractionKind, LeadEvent, LeadEventKind, Millis, Stage,
-    StageChangeEvent,
+    Channel, Consent, DeliveryEvent, DeliveryStatus, InteractionEvent, InteractionKind, LeadEvent,
+    LeadEventKind, Millis, OutboundMessage, Stage, StageChangeEvent,
 };
 
 /// A lead created at `at`: a referral from Faro Labs with both channels
@@ -74,5 +74,40 @@ pub fn stage_change(id: &str, n: u32, to: Stage, at: Millis) -> StageChangeEvent
         to_stage: to,
         owner: None,
         deal_value: None,
+    }
+}
+
+/// Step 0 of sequence `seq` for lead `lead`, due and created at 0, with no
+/// data; message id `<lead>-<template>`.
+pub fn outbound_message(lead: &str, channel: Channel, to: &str, template: &str) -> OutboundMessage {
+    OutboundMessage {
+        message_id: format!("{lead}-{template}"),
+        lead_ext_id: lead.into(),
+        channel,
+        to: to.into(),
+        template: template.into(),
+        data: BTreeMap::new(),
+        sequence: "seq".into(),
+        step: 0,
+        cycle: 0,
+        variant: None,
+        scheduled_for: 0,
+        created_at: 0,
+    }
+}
+
+/// SendGrid's report of `status` for email `message_id` to `lead`, event id
+/// `<message_id>-<status>`.
+pub fn delivery(message_id: &str, lead: &str, status: DeliveryStatus, at: Millis) -> DeliveryEvent {
+    DeliveryEvent {
+        event_id: format!("{message_id}-{status:?}"),
+        message_id: message_id.into(),
+        lead_ext_id: lead.into(),
+        channel: Channel::Email,
+        status,
+        occurred_at: at,
+        provider: Some("sendgrid".into()),
+        provider_message_id: None,
+        reason: None,
     }
 }

@@ -26,6 +26,7 @@ use leadflow::codec::{
     HISTORICAL_SCHEMAS,
 };
 use leadflow::events::*;
+use leadflow::testing;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -63,24 +64,25 @@ fn lead_event(full: bool) -> LeadEvent {
 fn interaction() -> InteractionEvent {
     InteractionEvent {
         event_id: "ev-2".into(),
-        lead_ext_id: "WEB-ABC123".into(),
-        occurred_at: 1_767_225_700_000,
-        kind: InteractionKind::EmailReply,
-        channel: Some("email".into()),
         actor: Some("lead".into()),
         attributes: BTreeMap::from([("campaign".into(), "spring".into())]),
+        ..testing::interaction(
+            "WEB-ABC123",
+            2,
+            InteractionKind::EmailReply,
+            1_767_225_700_000,
+            "email",
+        )
     }
 }
 
 fn stage_change() -> StageChangeEvent {
     StageChangeEvent {
         event_id: "ev-3".into(),
-        lead_ext_id: "WEB-ABC123".into(),
-        occurred_at: 1_767_225_800_000,
         from_stage: Some(Stage::Negotiation),
-        to_stage: Stage::ClosedWon,
         owner: Some("rep-01".into()),
         deal_value: Some(48_000.0),
+        ..testing::stage_change("WEB-ABC123", 3, Stage::ClosedWon, 1_767_225_800_000)
     }
 }
 
@@ -105,10 +107,6 @@ fn lead_score() -> LeadScore {
 fn outbound() -> OutboundMessage {
     OutboundMessage {
         message_id: "m-1".into(),
-        lead_ext_id: "WEB-ABC123".into(),
-        channel: Channel::Sms,
-        to: "+34612345678".into(),
-        template: "high_priority_followup".into(),
         data: BTreeMap::from([("first_name".into(), "Juan".into())]),
         sequence: "high_priority".into(),
         step: 3,
@@ -116,20 +114,25 @@ fn outbound() -> OutboundMessage {
         variant: Some("B".into()),
         scheduled_for: 1_767_312_000_000,
         created_at: 1_767_225_600_000,
+        ..testing::outbound_message(
+            "WEB-ABC123",
+            Channel::Sms,
+            "+34612345678",
+            "high_priority_followup",
+        )
     }
 }
 
 fn delivery() -> DeliveryEvent {
     DeliveryEvent {
         event_id: "d-1".into(),
-        message_id: "m-1".into(),
-        lead_ext_id: "WEB-ABC123".into(),
-        channel: Channel::Email,
-        status: DeliveryStatus::Bounced,
-        occurred_at: 1_767_312_000_500,
-        provider: Some("sendgrid".into()),
-        provider_message_id: None,
         reason: Some("mailbox does not exist".into()),
+        ..testing::delivery(
+            "m-1",
+            "WEB-ABC123",
+            DeliveryStatus::Bounced,
+            1_767_312_000_500,
+        )
     }
 }
 

@@ -23,7 +23,7 @@ use leadflow::kafka::deadletter::dlq_headers;
 use leadflow::kafka::{self, InputFormat};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
-use leadflow::testing::{consent, lead_created};
+use leadflow::testing::{self, consent, lead_created};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use common::{all_states, assert_same_states, clean_run, read_topic, test_config, zigzag};
@@ -61,38 +61,28 @@ fn lead(id: &str, at: Millis) -> LeadEvent {
 fn interaction(id: &str, at: Millis) -> InteractionEvent {
     InteractionEvent {
         event_id: format!("{id}-call"),
-        lead_ext_id: id.into(),
-        occurred_at: at,
-        kind: InteractionKind::Call,
-        channel: Some("phone".into()),
         actor: Some("rep-1".into()),
         attributes: BTreeMap::from([("outcome".into(), "answered".into())]),
+        ..testing::interaction(id, 0, InteractionKind::Call, at, "phone")
     }
 }
 
 fn stage_change(id: &str, at: Millis) -> StageChangeEvent {
     StageChangeEvent {
         event_id: format!("{id}-stage"),
-        lead_ext_id: id.into(),
-        occurred_at: at,
         from_stage: Some(Stage::New),
-        to_stage: Stage::Contacted,
         owner: Some("rep-1".into()),
         deal_value: Some(5_000.0),
+        ..testing::stage_change(id, 0, Stage::Contacted, at)
     }
 }
 
 fn delivery(id: &str, at: Millis) -> DeliveryEvent {
     DeliveryEvent {
         event_id: format!("{id}-delivery"),
-        message_id: format!("{id}-message"),
-        lead_ext_id: id.into(),
-        channel: Channel::Email,
-        status: DeliveryStatus::Sent,
-        occurred_at: at,
-        provider: Some("sendgrid".into()),
         provider_message_id: Some("sg-1".into()),
         reason: Some("ok".into()),
+        ..testing::delivery(&format!("{id}-message"), id, DeliveryStatus::Sent, at)
     }
 }
 

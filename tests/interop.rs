@@ -13,6 +13,7 @@ use std::time::Duration;
 use leadflow::codec::Codec;
 use leadflow::events::*;
 use leadflow::store::LeadStore;
+use leadflow::testing;
 use serde_json::Value;
 
 use common::{read_dead_letters, test_config};
@@ -81,31 +82,26 @@ fn outputs() -> Vec<(&'static str, Vec<u8>, Value)> {
             &codec,
             OutboundMessage {
                 message_id: "m-1".into(),
-                lead_ext_id: "WEB-1".into(),
-                channel: Channel::Sms,
-                to: "+34600000001".into(),
-                template: "high_priority_followup".into(),
                 data: [("first_name".to_string(), "Núria".to_string())].into(),
                 sequence: "high_priority".into(),
                 step: 2,
                 cycle: 1,
-                variant: None,
                 scheduled_for: 1_767_398_400_000,
                 created_at: 1_767_312_000_000,
+                ..testing::outbound_message(
+                    "WEB-1",
+                    Channel::Sms,
+                    "+34600000001",
+                    "high_priority_followup",
+                )
             },
         ),
         one(
             &codec,
             DeliveryEvent {
                 event_id: "d-1".into(),
-                message_id: "m-1".into(),
-                lead_ext_id: "WEB-1".into(),
-                channel: Channel::Email,
-                status: DeliveryStatus::Bounced,
-                occurred_at: 1_767_312_000_500,
-                provider: Some("sendgrid".into()),
-                provider_message_id: None,
                 reason: Some("mailbox does not exist".into()),
+                ..testing::delivery("m-1", "WEB-1", DeliveryStatus::Bounced, 1_767_312_000_500)
             },
         ),
         one(

@@ -26,7 +26,7 @@ use leadflow::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
 use leadflow::metrics::Metrics;
 use leadflow::notify::worker::{NotifyError, NotifyWorker};
 use leadflow::store::{BatchWrite, LeadStore, LeadWrite, StoreError};
-use leadflow::testing::{consent, lead_created};
+use leadflow::testing::{consent, interaction, lead_created, outbound_message};
 
 const API_KEY: &str = "SG.test-key";
 const SID: &str = "AC0123456789";
@@ -269,21 +269,15 @@ async fn store_leads<S: LeadStore>(store: &S, config: &Config, leads: &[(&str, &
 fn message(lead: &str, channel: Channel, to: &str, template: &str) -> OutboundMessage {
     OutboundMessage {
         message_id: leadflow::core::ids::message_id(lead, "premium", template, 0),
-        lead_ext_id: lead.into(),
-        channel,
-        to: to.into(),
-        template: template.into(),
         data: BTreeMap::from([
             ("first_name".to_string(), "Ana".to_string()),
             ("company".to_string(), "Acme".to_string()),
             ("lead_ext_id".to_string(), lead.to_string()),
         ]),
         sequence: "premium".into(),
-        step: 0,
-        cycle: 0,
-        variant: None,
         scheduled_for: 1_767_225_600_000,
         created_at: 1_767_225_600_000,
+        ..outbound_message(lead, channel, to, template)
     }
 }
 
@@ -881,12 +875,7 @@ async fn a_processor_message_is_sent_and_its_delivery_reaches_the_lead<S: LeadSt
         // step (a web visit neither pauses nor counts as contact).
         InputEvent::Interaction(InteractionEvent {
             event_id: "e2e-visit".into(),
-            lead_ext_id: lead.into(),
-            occurred_at: now - 60_000,
-            kind: InteractionKind::WebVisit,
-            channel: Some("web".into()),
-            actor: None,
-            attributes: BTreeMap::new(),
+            ..interaction(lead, 0, InteractionKind::WebVisit, now - 60_000, "web")
         }),
     ];
     leadflow::kafka::publish_inputs(

@@ -23,7 +23,7 @@ use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
 use leadflow::pipeline::{Pipeline, RunOptions};
 use leadflow::store::LeadStore;
-use leadflow::testing::lead_created;
+use leadflow::testing::{self, lead_created};
 
 use common::{
     committed_messages, produce, published_messages, read_dead_letters, spawn_pipeline, test_config,
@@ -90,38 +90,23 @@ fn created(id: &str, at: Millis, score: f64, timezone: &str) -> InputEvent {
 fn interaction(id: &str, at: Millis, kind: InteractionKind, channel: &str) -> InputEvent {
     InputEvent::Interaction(InteractionEvent {
         event_id: format!("{id}-{kind}-{at}"),
-        lead_ext_id: id.into(),
-        occurred_at: at,
-        kind,
-        channel: Some(channel.into()),
-        actor: None,
-        attributes: BTreeMap::new(),
+        ..testing::interaction(id, 0, kind, at, channel)
     })
 }
 
 fn delivery(id: &str, at: Millis, status: DeliveryStatus, reason: Option<&str>) -> InputEvent {
     InputEvent::Delivery(DeliveryEvent {
         event_id: format!("{id}-delivery-{at}"),
-        message_id: format!("message-of-{id}"),
-        lead_ext_id: id.into(),
-        channel: Channel::Email,
-        status,
-        occurred_at: at,
-        provider: Some("sendgrid".into()),
-        provider_message_id: None,
         reason: reason.map(str::to_string),
+        ..testing::delivery(&format!("message-of-{id}"), id, status, at)
     })
 }
 
 fn qualified(id: &str, at: Millis) -> InputEvent {
     InputEvent::StageChange(StageChangeEvent {
         event_id: format!("{id}-qualified"),
-        lead_ext_id: id.into(),
-        occurred_at: at,
         from_stage: Some(Stage::New),
-        to_stage: Stage::Qualified,
-        owner: None,
-        deal_value: None,
+        ..testing::stage_change(id, 0, Stage::Qualified, at)
     })
 }
 

@@ -352,21 +352,16 @@ mod tests {
 
     fn message(template: &str, data: &[(&str, &str)]) -> OutboundMessage {
         OutboundMessage {
-            message_id: "m-1".into(),
-            lead_ext_id: "WEB-1".into(),
-            channel: crate::events::Channel::Sms,
-            to: "+15550001".into(),
-            template: template.into(),
             data: data
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            sequence: "s".into(),
-            step: 0,
-            cycle: 0,
-            variant: None,
-            scheduled_for: 0,
-            created_at: 0,
+            ..crate::testing::outbound_message(
+                "WEB-1",
+                crate::events::Channel::Sms,
+                "+15550001",
+                template,
+            )
         }
     }
 
