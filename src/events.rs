@@ -399,6 +399,32 @@ impl InputStream {
     }
 }
 
+impl LeadEvent {
+    /// An update of lead `lead_ext_id` that changes nothing yet: the fields
+    /// it carries are set on the result (an absent field keeps its value).
+    pub fn update(event_id: String, lead_ext_id: String, occurred_at: Millis) -> Self {
+        LeadEvent {
+            event_id,
+            lead_ext_id,
+            kind: LeadEventKind::Updated,
+            occurred_at,
+            email: None,
+            phone: None,
+            first_name: None,
+            last_name: None,
+            company: None,
+            source: None,
+            owner: None,
+            estimated_value: None,
+            probability: None,
+            initial_score: None,
+            consent: None,
+            timezone: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+}
+
 impl InputEvent {
     pub fn stream(&self) -> InputStream {
         match self {

@@ -420,23 +420,8 @@ fn simulate_lead(params: &SimulationParams, index: u32) -> Vec<(Millis, u32, Inp
 
     // The rep's estimate arrives once they have spoken to the lead.
     let update = LeadEvent {
-        event_id: track.next_event_id(),
-        lead_ext_id: lead_ext_id.clone(),
-        kind: LeadEventKind::Updated,
-        occurred_at: t + HOUR,
-        email: None,
-        phone: None,
-        first_name: None,
-        last_name: None,
-        company: None,
-        source: None,
-        owner: None,
-        estimated_value: None,
         probability: Some(rep_probability),
-        initial_score: None,
-        consent: None,
-        timezone: None,
-        attributes: BTreeMap::new(),
+        ..LeadEvent::update(track.next_event_id(), lead_ext_id.clone(), t + HOUR)
     };
     track.push(t + HOUR, InputEvent::Lead(update));
 

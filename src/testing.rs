@@ -111,3 +111,23 @@ pub fn delivery(message_id: &str, lead: &str, status: DeliveryStatus, at: Millis
         reason: None,
     }
 }
+
+/// What the default premium sequence sends to a lead created at `t0`: its
+/// templates in order, each at `t0` plus its day from `days`.
+pub fn premium_sends(t0: Millis, days: &[Millis]) -> Vec<(String, Millis)> {
+    const TEMPLATES: [&str; 4] = [
+        "premium_welcome",
+        "premium_value_prop",
+        "premium_case_study",
+        "premium_demo_request",
+    ];
+    days.iter()
+        .zip(TEMPLATES)
+        .map(|(day, template)| {
+            (
+                template.to_string(),
+                t0 + day * crate::events::MILLIS_PER_DAY,
+            )
+        })
+        .collect()
+}

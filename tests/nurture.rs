@@ -199,18 +199,7 @@ async fn nurtures_on_a_controllable_clock<S: LeadStore + 'static>(store: Arc<S>,
         delivery("PRM-1", T0 + 7 * DAY + HOUR, DeliveryStatus::Sent, None),
     );
 
-    let premium = |days: &[Millis]| -> Vec<(String, Millis)> {
-        let names = [
-            "premium_welcome",
-            "premium_value_prop",
-            "premium_case_study",
-            "premium_demo_request",
-        ];
-        days.iter()
-            .zip(names)
-            .map(|(d, n)| (n.to_string(), T0 + d * DAY))
-            .collect()
-    };
+    let premium = |days: &[Millis]| testing::premium_sends(T0, days);
     let reactivation = |from: Millis| {
         vec![
             ("reactivation_checkin".to_string(), from),

@@ -130,16 +130,7 @@ impl Lead {
 }
 
 fn premium_days(days: &[Millis]) -> Vec<(String, Millis)> {
-    let names = [
-        "premium_welcome",
-        "premium_value_prop",
-        "premium_case_study",
-        "premium_demo_request",
-    ];
-    days.iter()
-        .zip(names)
-        .map(|(d, n)| (n.to_string(), T0 + d * DAY))
-        .collect()
+    crate::testing::premium_sends(T0, days)
 }
 
 #[test]
@@ -361,23 +352,8 @@ fn a_segment_change_moves_the_lead_on_its_timeline_and_says_why() {
     lead.sweep(T0 + 2 * DAY);
     // Day 2: the lead drops to high_priority (an upstream rescore).
     let mut update = LeadEvent {
-        event_id: "rescored".into(),
-        lead_ext_id: lead.id(),
-        kind: LeadEventKind::Updated,
-        occurred_at: T0 + 2 * DAY,
-        email: None,
-        phone: None,
-        first_name: None,
-        last_name: None,
-        company: None,
-        source: None,
-        owner: None,
-        estimated_value: None,
-        probability: None,
         initial_score: Some(60.0),
-        consent: None,
-        timezone: None,
-        attributes: BTreeMap::new(),
+        ..LeadEvent::update("rescored".into(), lead.id(), T0 + 2 * DAY)
     };
     lead.event(InputEvent::Lead(update.clone()));
     lead.sweep(T0 + 10 * DAY);
