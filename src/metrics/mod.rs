@@ -26,8 +26,10 @@ pub use internal_events::InternalEvent;
 
 pub struct Metrics {
     registry: Registry,
-    /// Every name registered here, for [`Metrics::value`] to refuse a typo.
-    names: Vec<String>,
+    /// Every metric registered here by its name, for [`Metrics::value`]:
+    /// it collects only the one asked for (a benchmark polls it every few
+    /// milliseconds, and a full gather reads /proc) and refuses a typo.
+    by_name: Vec<(String, Box<dyn Collector>)>,
     events_consumed: IntCounterVec,
     consumer_errors: IntCounterVec,
     log_discontinuities: IntCounterVec,
@@ -56,18 +58,19 @@ pub struct Metrics {
     notify_dedupe_hits: IntCounter,
 }
 
-/// The registry being filled, and the names registered so far.
+/// The registry being filled, and what was registered so far by name.
 struct Registrar {
     registry: Registry,
-    names: RefCell<Vec<String>>,
+    collectors: RefCell<Vec<(String, Box<dyn Collector>)>>,
 }
 
 /// Registers `collector` and hands it back. Names are fixed strings of this
 /// module, so a failure is a programming error caught by any test.
 fn register<C: Collector + Clone + 'static>(r: &Registrar, collector: C) -> C {
-    r.names
-        .borrow_mut()
-        .extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+    let mut collectors = r.collectors.borrow_mut();
+    for desc in collector.desc() {
+        collectors.push((desc.fq_name.clone(), Box::new(collector.clone())));
+    }
     r.registry
         .register(Box::new(collector.clone()))
         .expect("unique, valid metric");
@@ -97,7 +100,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = &Registrar {
             registry: Registry::new(),
-            names: RefCell::new(Vec::new()),
+            collectors: RefCell::new(Vec::new()),
         };
         #[cfg(target_os = "linux")]
         r.registry
@@ -277,10 +280,10 @@ impl Metrics {
                 "Outbound messages skipped because their message_id was already handled",
             ),
             registry: r.registry.clone(),
-            names: Vec::new(),
+            by_name: Vec::new(),
         };
         Metrics {
-            names: r.names.take(),
+            by_name: r.collectors.take(),
             ..metrics
         }
     }
@@ -303,12 +306,11 @@ impl Metrics {
     /// whose labels include every pair of `labels` (a histogram counts its
     /// observations). 0 for a series never written.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        assert!(
-            self.names.iter().any(|n| n == name),
-            "no metric is named {name}"
-        );
-        let families = self.registry.gather();
-        // A labelled metric with no series yet is not gathered at all.
+        let Some((_, collector)) = self.by_name.iter().find(|(n, _)| n == name) else {
+            panic!("no metric is named {name}");
+        };
+        let families = collector.collect();
+        // A labelled metric with no series yet has no samples.
         let Some(family) = families.iter().find(|f| f.name() == name) else {
             return 0.0;
         };
