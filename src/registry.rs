@@ -16,7 +16,7 @@ use crate::ml::training::{
     evaluate_model, train, Dataset, Evaluation, Progress, TrainingError, TrainingOutcome,
 };
 use crate::ml::{ActiveModel, ScoringConfig};
-use crate::store::{LeadStore, NewModel, StoreError};
+use crate::store::{LeadStore, ModelEntry, NewModel, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -187,17 +187,20 @@ pub async fn train_and_register<S: LeadStore>(
     };
     let version = store
         .insert_model(&NewModel {
-            model_type: outcome.model.model_type().as_str().to_string(),
-            params: scoring.training.params_json().to_string(),
-            features: serde_json::to_string(&outcome.model.encoder.features).expect("plain data"),
-            metrics: serde_json::to_string(&stored).expect("plain data"),
-            reason: reason.to_string(),
-            window_start: window.map(|w| w.0),
-            window_end: window.map(|w| w.1),
-            train_rows: outcome.train_rows as i64,
-            holdout_rows: outcome.holdout_rows as i64,
-            trained_at: now,
-            training_seconds: outcome.seconds,
+            entry: ModelEntry {
+                model_type: outcome.model.model_type().as_str().to_string(),
+                params: scoring.training.params_json().to_string(),
+                features: serde_json::to_string(&outcome.model.encoder.features)
+                    .expect("plain data"),
+                metrics: serde_json::to_string(&stored).expect("plain data"),
+                reason: reason.to_string(),
+                window_start: window.map(|w| w.0),
+                window_end: window.map(|w| w.1),
+                train_rows: outcome.train_rows as i64,
+                holdout_rows: outcome.holdout_rows as i64,
+                trained_at: now,
+                training_seconds: outcome.seconds,
+            },
             model: serde_json::to_string(&outcome.model).expect("plain data"),
             profile: Some(serde_json::to_string(&outcome.profile).expect("plain data")),
         })

@@ -149,7 +149,7 @@ async fn models_beat_the_rule_score_and_live_in_the_registry<S: LeadStore + 'sta
     assert_eq!(
         listed
             .iter()
-            .map(|m| (m.version, m.model_type.as_str(), m.active))
+            .map(|m| (m.version, m.entry.model_type.as_str(), m.active))
             .collect::<Vec<_>>(),
         vec![
             (gb.version, "gradient_boosting", true),
@@ -157,9 +157,9 @@ async fn models_beat_the_rule_score_and_live_in_the_registry<S: LeadStore + 'sta
             (lr.version, "logistic", false),
         ]
     );
-    let stored: StoredMetrics = serde_json::from_str(&listed[0].metrics).unwrap();
+    let stored: StoredMetrics = serde_json::from_str(&listed[0].entry.metrics).unwrap();
     assert_eq!(stored.evaluation, gb.outcome.evaluation);
-    assert!(listed[0].window_start.unwrap() < listed[0].window_end.unwrap());
+    assert!(listed[0].entry.window_start.unwrap() < listed[0].entry.window_end.unwrap());
 
     // The stored model predicts exactly what the trained one did.
     let loaded = load_model(store.as_ref(), rf.version)
@@ -380,8 +380,8 @@ async fn source_drift_raises_psi_and_retrains<S: LeadStore + 'static>(store: Arc
     );
     let models = store.list_models().await.unwrap();
     assert_eq!(models.len(), 2);
-    assert_eq!(models[1].reason, "drift");
-    let stored: StoredMetrics = serde_json::from_str(&models[1].metrics).unwrap();
+    assert_eq!(models[1].entry.reason, "drift");
+    let stored: StoredMetrics = serde_json::from_str(&models[1].entry.metrics).unwrap();
     assert_eq!(
         stored.previous.map(|p| p.0),
         Some(first.version),
@@ -430,7 +430,7 @@ async fn an_old_model_is_retrained_on_schedule<S: LeadStore + 'static>(store: Ar
     })
     .await;
     let models = store.list_models().await.unwrap();
-    assert_eq!(models[1].reason, "schedule");
+    assert_eq!(models[1].entry.reason, "schedule");
     // Same data, same seed: the new model is exactly as good, so it is activated.
     let retrained = models[1].version;
     wait_for(

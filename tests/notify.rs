@@ -210,6 +210,14 @@ async fn start_fake() -> (Fake, String) {
     (fake, format!("http://{addr}"))
 }
 
+/// A fake provider, a worker configuration that calls it, and the topics.
+async fn fake_provider_and_topics(database_url: &str) -> (Fake, Config) {
+    let (fake, provider_url) = start_fake().await;
+    let config = notify_config(database_url, &provider_url);
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    (fake, config)
+}
+
 fn notify_config(database_url: &str, provider_url: &str) -> Config {
     let mut config = test_config(database_url);
     let n = &mut config.notify;
@@ -310,9 +318,7 @@ async fn providers_are_called_as_documented_and_their_answers_honoured<S: LeadSt
     store: Arc<S>,
     url: &str,
 ) {
-    let (fake, provider_url) = start_fake().await;
-    let config = notify_config(url, &provider_url);
-    leadflow::kafka::create_topics(&config).await.unwrap();
+    let (fake, config) = fake_provider_and_topics(url).await;
     store_leads(
         store.as_ref(),
         &config,
@@ -619,11 +625,9 @@ async fn a_store_defect_stops_the_worker_without_losing_the_message<S: LeadStore
     store: Arc<S>,
     url: &str,
 ) {
-    let (fake, provider_url) = start_fake().await;
-    let mut config = notify_config(url, &provider_url);
+    let (fake, mut config) = fake_provider_and_topics(url).await;
     // The second run takes over the stopped run's claim once it lapses.
     config.notify.claim_lease_ms = 1_000;
-    leadflow::kafka::create_topics(&config).await.unwrap();
     let leads = [
         ("L-OK", "ana@example.com", "+15550001", true),
         ("L-DAMAGED", "damaged@example.com", "+15550002", true),
@@ -935,9 +939,7 @@ async fn hostile_messages_never_stall_or_crash_the_worker<S: LeadStore + 'static
     store: Arc<S>,
     url: &str,
 ) {
-    let (fake, provider_url) = start_fake().await;
-    let config = notify_config(url, &provider_url);
-    leadflow::kafka::create_topics(&config).await.unwrap();
+    let (fake, config) = fake_provider_and_topics(url).await;
     store_leads(
         store.as_ref(),
         &config,

@@ -105,6 +105,19 @@ async fn state_round_trips_field_by_field<S: LeadStore>(store: Arc<S>, _url: &st
     assert_eq!(store.get_lead("REF-404").await.unwrap(), None);
 }
 
+/// A batch of group `g` that writes `leads` (partition 0) and moves `offsets`.
+fn lead_batch<'a>(
+    leads: impl IntoIterator<Item = &'a LeadState>,
+    offsets: Vec<OffsetAdvance>,
+) -> BatchWrite<'a> {
+    BatchWrite {
+        consumer_group: "g",
+        leads: leads.into_iter().map(|l| LeadWrite::new(l, 0)).collect(),
+        offsets,
+        ..Default::default()
+    }
+}
+
 fn advance(partition: i32, from: Option<i64>, to: i64) -> OffsetAdvance {
     OffsetAdvance {
         topic: "leads".into(),
@@ -117,23 +130,16 @@ fn advance(partition: i32, from: Option<i64>, to: i64) -> OffsetAdvance {
 async fn commit_overwrites_and_fences_offsets<S: LeadStore>(store: Arc<S>, _url: &str) {
     let mut lead = full_state("WEB-1");
     store
-        .commit_batch(&BatchWrite {
-            consumer_group: "g",
-            leads: vec![LeadWrite::new(&lead, 0)],
-            offsets: vec![advance(0, None, 10), advance(1, None, 7)],
-            ..Default::default()
-        })
+        .commit_batch(&lead_batch(
+            [&lead],
+            vec![advance(0, None, 10), advance(1, None, 7)],
+        ))
         .await
         .unwrap();
     lead.stage = Stage::ClosedWon;
     lead.events_applied = 9;
     store
-        .commit_batch(&BatchWrite {
-            consumer_group: "g",
-            leads: vec![LeadWrite::new(&lead, 0)],
-            offsets: vec![advance(0, Some(10), 25)],
-            ..Default::default()
-        })
+        .commit_batch(&lead_batch([&lead], vec![advance(0, Some(10), 25)]))
         .await
         .unwrap();
     let loaded = store.get_lead("WEB-1").await.unwrap().unwrap();
@@ -282,11 +288,7 @@ async fn loads_only_existing_leads_in_large_batches<S: LeadStore>(store: Arc<S>,
         .map(|i| full_state(&format!("L-{i:05}")))
         .collect();
     store
-        .commit_batch(&BatchWrite {
-            consumer_group: "g",
-            leads: leads.iter().map(|l| LeadWrite::new(l, 0)).collect(),
-            ..Default::default()
-        })
+        .commit_batch(&lead_batch(&leads, vec![]))
         .await
         .unwrap();
     let mut ids: Vec<String> = (0..1_203).step_by(2).map(|i| format!("L-{i:05}")).collect();
@@ -403,12 +405,7 @@ async fn timers_are_found_by_partition_and_fired_once<S: LeadStore>(store: Arc<S
     assert_eq!(store.outbox_depth().await.unwrap(), 0, "rolled back");
     // Nor can an instance whose view of the partition's offset is stale.
     let err = store
-        .commit_batch(&BatchWrite {
-            consumer_group: "g",
-            leads: vec![LeadWrite::new(&fired, 0)],
-            offsets: vec![advance(0, Some(4), 4)],
-            ..Default::default()
-        })
+        .commit_batch(&lead_batch([&fired], vec![advance(0, Some(4), 4)]))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
@@ -443,11 +440,7 @@ async fn experiment_members_are_counted_per_variant<S: LeadStore>(store: Arc<S>,
         let store = store.clone();
         async move {
             store
-                .commit_batch(&BatchWrite {
-                    consumer_group: "g",
-                    leads: leads.iter().map(|l| LeadWrite::new(l, 0)).collect(),
-                    ..Default::default()
-                })
+                .commit_batch(&lead_batch(&leads, vec![]))
                 .await
                 .unwrap()
         }

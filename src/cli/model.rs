@@ -181,16 +181,16 @@ pub(crate) async fn model(mut config: Config, command: ModelCommand) -> Result<(
                 "version", "type", "trained", "reason", "rows", "auc", "logloss", "brier"
             );
             for m in store.list_models().await? {
-                let metrics: StoredMetrics = serde_json::from_str(&m.metrics)
+                let metrics: StoredMetrics = serde_json::from_str(&m.entry.metrics)
                     .with_context(|| format!("metrics of model {}", m.version))?;
                 let e = &metrics.evaluation.model;
                 println!(
                     "{:>7} {:<18} {:<16} {:<16} {:>8} {:>7.4} {:>8.4} {:>7.4}  {}",
                     m.version,
-                    m.model_type,
-                    format_millis(m.trained_at),
-                    m.reason.chars().take(16).collect::<String>(),
-                    m.train_rows,
+                    m.entry.model_type,
+                    format_millis(m.entry.trained_at),
+                    m.entry.reason.chars().take(16).collect::<String>(),
+                    m.entry.train_rows,
                     e.roc_auc,
                     e.log_loss,
                     e.brier,

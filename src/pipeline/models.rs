@@ -132,7 +132,8 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
         }
         if config.retrain_interval_days > 0 {
             if let Some(record) = self.store.model_record(active.version).await? {
-                let due = record.trained_at + config.retrain_interval_days as i64 * MILLIS_PER_DAY;
+                let due =
+                    record.entry.trained_at + config.retrain_interval_days as i64 * MILLIS_PER_DAY;
                 if self.clock.now() >= due {
                     reason = reason.or(Some("schedule"));
                 }
@@ -151,8 +152,8 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
             .list_models()
             .await?
             .iter()
-            .filter(|m| m.reason == "drift" || m.reason == "schedule")
-            .map(|m| m.trained_at)
+            .filter(|m| m.entry.reason == "drift" || m.entry.reason == "schedule")
+            .map(|m| m.entry.trained_at)
             .max();
         if newest.is_some_and(|t| self.clock.now() - t < cooldown.as_millis() as i64) {
             return Ok(());

@@ -24,7 +24,7 @@ pub use batch::{BatchWrite, Batches, LeadWrite};
 pub use deliveries::{Deliveries, DeliveryClaim, DeliveryOutcome, DeliveryRecord};
 pub use experiments::Experiments;
 pub use leads::{LeadSummary, Leads};
-pub use models::{ModelDocument, ModelRecord, Models, NewModel};
+pub use models::{ModelDocument, ModelEntry, ModelRecord, Models, NewModel};
 pub use offsets::{OffsetAdvance, Offsets, PartitionOffset};
 pub use outbox::{NewOutboxRow, Outbox, OutboxEntry};
 pub use timers::Timers;

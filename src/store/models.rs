@@ -2,9 +2,9 @@
 
 use super::*;
 
-/// A model to add to the registry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewModel {
+/// What training says about a model: written with it, read back in lists.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ModelEntry {
     pub model_type: String,
     pub params: String,
     pub features: String,
@@ -16,6 +16,12 @@ pub struct NewModel {
     pub holdout_rows: i64,
     pub trained_at: i64,
     pub training_seconds: f64,
+}
+
+/// A model to add to the registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewModel {
+    pub entry: ModelEntry,
     pub model: String,
     pub profile: Option<String>,
 }
@@ -24,17 +30,8 @@ pub struct NewModel {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ModelRecord {
     pub version: i64,
-    pub model_type: String,
-    pub params: String,
-    pub features: String,
-    pub metrics: String,
-    pub reason: String,
-    pub window_start: Option<i64>,
-    pub window_end: Option<i64>,
-    pub train_rows: i64,
-    pub holdout_rows: i64,
-    pub trained_at: i64,
-    pub training_seconds: f64,
+    #[sqlx(flatten)]
+    pub entry: ModelEntry,
     pub active: bool,
     pub activated_at: Option<i64>,
 }
@@ -55,23 +52,24 @@ store_concern! {
     pub trait Models {
         /// Adds a model (inactive) and returns its version.
         async fn insert_model(&self, m: &NewModel) -> Result<i64, StoreError> {
+            let e = &m.entry;
             Ok(sqlx::query_scalar(
                 "INSERT INTO models (model_type, params, features, metrics, reason, window_start,
                     window_end, train_rows, holdout_rows, trained_at, training_seconds, model, profile)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                  RETURNING version",
             )
-            .bind(&m.model_type)
-            .bind(&m.params)
-            .bind(&m.features)
-            .bind(&m.metrics)
-            .bind(&m.reason)
-            .bind(m.window_start)
-            .bind(m.window_end)
-            .bind(m.train_rows)
-            .bind(m.holdout_rows)
-            .bind(m.trained_at)
-            .bind(m.training_seconds)
+            .bind(&e.model_type)
+            .bind(&e.params)
+            .bind(&e.features)
+            .bind(&e.metrics)
+            .bind(&e.reason)
+            .bind(e.window_start)
+            .bind(e.window_end)
+            .bind(e.train_rows)
+            .bind(e.holdout_rows)
+            .bind(e.trained_at)
+            .bind(e.training_seconds)
             .bind(&m.model)
             .bind(&m.profile)
             .fetch_one(&self.pool)
