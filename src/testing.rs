@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::events::{
     Channel, Consent, DeliveryEvent, DeliveryStatus, InteractionEvent, InteractionKind, LeadEvent,
-    LeadEventKind, Millis, OutboundMessage, Stage, StageChangeEvent,
+    LeadEventKind, Millis, OutboundMessage, Stage, StageChangeEvent, MILLIS_PER_DAY,
 };
 
 /// A lead created at `at`: a referral from Faro Labs with both channels
@@ -123,11 +123,6 @@ pub fn premium_sends(t0: Millis, days: &[Millis]) -> Vec<(String, Millis)> {
     ];
     days.iter()
         .zip(TEMPLATES)
-        .map(|(day, template)| {
-            (
-                template.to_string(),
-                t0 + day * crate::events::MILLIS_PER_DAY,
-            )
-        })
+        .map(|(day, template)| (template.to_string(), t0 + day * MILLIS_PER_DAY))
         .collect()
 }

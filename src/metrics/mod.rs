@@ -13,8 +13,6 @@
 
 pub mod internal_events;
 
-use std::cell::RefCell;
-
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
 use prometheus::{
@@ -61,15 +59,15 @@ pub struct Metrics {
 /// The registry being filled, and what was registered so far by name.
 struct Registrar {
     registry: Registry,
-    collectors: RefCell<Vec<(String, Box<dyn Collector>)>>,
+    by_name: Vec<(String, Box<dyn Collector>)>,
 }
 
 /// Registers `collector` and hands it back. Names are fixed strings of this
 /// module, so a failure is a programming error caught by any test.
-fn register<C: Collector + Clone + 'static>(r: &Registrar, collector: C) -> C {
-    let mut collectors = r.collectors.borrow_mut();
+fn register<C: Collector + Clone + 'static>(r: &mut Registrar, collector: C) -> C {
     for desc in collector.desc() {
-        collectors.push((desc.fq_name.clone(), Box::new(collector.clone())));
+        r.by_name
+            .push((desc.fq_name.clone(), Box::new(collector.clone())));
     }
     r.registry
         .register(Box::new(collector.clone()))
@@ -77,30 +75,30 @@ fn register<C: Collector + Clone + 'static>(r: &Registrar, collector: C) -> C {
     collector
 }
 
-fn counter(registry: &Registrar, name: &str, help: &str) -> IntCounter {
-    register(registry, IntCounter::new(name, help).expect("valid metric"))
+fn counter(r: &mut Registrar, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help).expect("valid metric"))
 }
 
-fn counter_vec(registry: &Registrar, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter_vec(r: &mut Registrar, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    register(registry, c)
+    register(r, c)
 }
 
-fn gauge(registry: &Registrar, name: &str, help: &str) -> IntGauge {
-    register(registry, IntGauge::new(name, help).expect("valid metric"))
+fn gauge(r: &mut Registrar, name: &str, help: &str) -> IntGauge {
+    register(r, IntGauge::new(name, help).expect("valid metric"))
 }
 
-fn histogram(registry: &Registrar, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+fn histogram(r: &mut Registrar, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
         .expect("valid metric");
-    register(registry, h)
+    register(r, h)
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let r = &Registrar {
+        let r = &mut Registrar {
             registry: Registry::new(),
-            collectors: RefCell::new(Vec::new()),
+            by_name: Vec::new(),
         };
         #[cfg(target_os = "linux")]
         r.registry
@@ -108,7 +106,7 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process collector");
-        let metrics = Metrics {
+        Metrics {
             events_consumed: counter_vec(
                 r,
                 "leadflow_events_consumed_total",
@@ -279,12 +277,9 @@ impl Metrics {
                 "leadflow_notify_dedupe_hits_total",
                 "Outbound messages skipped because their message_id was already handled",
             ),
+            // Last: the fields above are evaluated first and fill `r`.
             registry: r.registry.clone(),
-            by_name: Vec::new(),
-        };
-        Metrics {
-            by_name: r.collectors.take(),
-            ..metrics
+            by_name: std::mem::take(&mut r.by_name),
         }
     }
 

@@ -119,13 +119,15 @@ impl<S: LeadStore + 'static> ModelWatcher<S> {
                         worst = (feature, *value);
                     }
                 }
+                let drifted = config.drift_threshold > 0.0 && worst.1 > config.drift_threshold;
                 self.metrics.emit(DriftChecked {
                     psi: &psi,
                     worst,
                     rows: traffic.rows(),
                     threshold: config.drift_threshold,
+                    drifted,
                 });
-                if config.drift_threshold > 0.0 && worst.1 > config.drift_threshold {
+                if drifted {
                     reason = Some("drift");
                 }
             }

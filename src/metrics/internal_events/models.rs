@@ -24,13 +24,14 @@ impl InternalEvent for ModelSwitched {
 }
 
 /// A drift check: each feature's PSI, recent traffic against the active
-/// model's reference; `worst` is the highest.
+/// model's reference; `worst` is the highest. `drifted`: it passed
+/// `threshold`, and a retrain follows.
 pub struct DriftChecked<'a> {
     pub psi: &'a [(String, f64)],
     pub worst: (&'a str, f64),
     pub rows: usize,
-    /// Above this (when positive) the drift triggers a retrain.
     pub threshold: f64,
+    pub drifted: bool,
 }
 
 impl InternalEvent for DriftChecked<'_> {
@@ -40,7 +41,7 @@ impl InternalEvent for DriftChecked<'_> {
         }
         let (feature, psi) = self.worst;
         debug!(feature, psi, rows = self.rows, "drift check");
-        if self.threshold > 0.0 && psi > self.threshold {
+        if self.drifted {
             info!(feature, psi, threshold = self.threshold, "feature drift");
         }
     }
