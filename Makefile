@@ -79,17 +79,20 @@ test: broker postgres test-venv
 # its own, created once and reused.
 BENCH_VENV ?= $(HOME)/.cache/leadflow/bench-venv
 
-$(BENCH_VENV)/.installed:
+$(BENCH_VENV)/.installed-v2:
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet scikit-learn lightgbm pandas
+	@# ISLP only for its data files (benches/ml/small_data.py reads them without importing it).
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps ISLP
 	touch $@
 
-bench: broker postgres $(BENCH_VENV)/.installed
+bench: broker postgres $(BENCH_VENV)/.installed-v2
 	$(CARGO) bench --bench throughput
 	$(CARGO) bench --bench nurture
 	$(CARGO) bench --bench notify
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python LEADFLOW_BENCH_GBC_MAX_ROWS=$(BENCH_GBC_MAX_ROWS) \
 		$(CARGO) bench --bench models -- --rows $(BENCH_MODEL_ROWS)
+	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python $(CARGO) bench --bench models -- --small
 
 # Coverage-guided fuzzing of the decode path (fuzz/fuzz_targets/decode.rs)
 # for FUZZ_SECONDS, with libFuzzer through cargo-fuzz on stable Rust

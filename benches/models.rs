@@ -9,6 +9,14 @@
 //! with the Python of `LEADFLOW_BENCH_PYTHON` (the Makefile's venv). Same
 //! time-based split everywhere. Prints one Markdown table.
 //!
+//! `cargo bench --bench models -- --small` (also part of `make bench`) is the
+//! small-data comparison: public data sets from packages in the bench venv
+//! and simulated leads at 2,000, 5,000 and 40,000 rows, prepared by
+//! `benches/ml/small_data.py` with five seeded stratified 70/30 splits each;
+//! our three learners with their defaults next to scikit-learn's
+//! GradientBoosting, HistGradientBoosting and logistic regression and
+//! LightGBM with theirs, on the same splits.
+//!
 //! Under `cargo test` (no `--bench`) it runs a 3,000-row smoke round of
 //! leadflow's side only, so the benchmark cannot rot.
 
@@ -19,7 +27,8 @@ use std::time::Instant;
 use leadflow::core::apply::{apply, ApplyContext};
 use leadflow::core::state::LeadState;
 use leadflow::ml::features::{feature_defs, FeatureValue};
-use leadflow::ml::training::{train, Dataset, NoProgress, TrainingConfig};
+use leadflow::ml::model::ModelType;
+use leadflow::ml::training::{evaluate_model, train, CsvSpec, Dataset, NoProgress, TrainingConfig};
 use leadflow::ml::ScoringConfig;
 use leadflow::simulate::{lead_events, SimulationParams};
 use rayon::prelude::*;
@@ -141,6 +150,155 @@ fn python_row(python: &str, csv: &Path, library: &str) -> Option<Row> {
     })
 }
 
+/// Names of the prepared data sets, smallest public ones first.
+const PUBLIC_SETS: [&str; 4] = ["breast_cancer", "oj", "caravan", "default"];
+const SMALL_LEAD_ROWS: [usize; 3] = [2_000, 5_000, 40_000];
+const OUR_LEARNERS: [ModelType; 3] = [
+    ModelType::GradientBoosting,
+    ModelType::RandomForest,
+    ModelType::Logistic,
+];
+const PYTHON_LEARNERS: [&str; 4] = ["sklearn_gbc", "sklearn_hgb", "sklearn_logistic", "lightgbm"];
+
+/// Mean ROC AUC, Brier score and fit seconds over a data set's splits.
+struct SplitScores {
+    library: String,
+    roc_auc: f64,
+    brier: f64,
+    train_seconds: f64,
+}
+
+fn ours_on_splits(data: &Dataset, splits: &[Vec<usize>], model_type: ModelType) -> SplitScores {
+    let config = TrainingConfig {
+        model_type,
+        ..TrainingConfig::default()
+    };
+    let (mut auc, mut brier, mut seconds) = (0.0, 0.0, 0.0);
+    for test in splits {
+        let mut in_test = vec![false; data.examples.len()];
+        for &r in test {
+            in_test[r] = true;
+        }
+        let (test_rows, train_rows): (Vec<_>, Vec<_>) = data
+            .examples
+            .iter()
+            .cloned()
+            .zip(&in_test)
+            .partition(|(_, t)| **t);
+        let part = |rows: Vec<(leadflow::ml::training::Example, &bool)>| Dataset {
+            features: data.features.clone(),
+            timed: false,
+            examples: rows.into_iter().map(|(e, _)| e).collect(),
+        };
+        let (train_set, test_set) = (part(train_rows), part(test_rows));
+        let outcome = train(&train_set, &config, &NoProgress).expect("train");
+        let metrics = evaluate_model(&outcome.model, &test_set, 0..test_set.examples.len()).model;
+        auc += metrics.roc_auc;
+        brier += metrics.brier;
+        seconds += outcome.fit_seconds;
+    }
+    let k = splits.len() as f64;
+    SplitScores {
+        library: format!("leadflow {model_type}"),
+        roc_auc: auc / k,
+        brier: brier / k,
+        train_seconds: seconds / k,
+    }
+}
+
+fn python_on_splits(python: &str, data: &Path, library: &str) -> Option<SplitScores> {
+    let out = Command::new(python)
+        .args(["benches/ml/small_data.py", "run", "--data"])
+        .arg(data)
+        .args(["--lib", library])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("{library} failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(SplitScores {
+        library: library.to_string(),
+        roc_auc: v["roc_auc"].as_f64()?,
+        brier: v["brier"].as_f64()?,
+        train_seconds: v["train_seconds"].as_f64()?,
+    })
+}
+
+/// The small-data comparison (`--small`); needs the bench venv's Python.
+fn small_data(python: &str, scoring: &ScoringConfig) {
+    let raw = PathBuf::from("target/bench-models/raw");
+    let prepared = PathBuf::from("target/bench-models/small");
+    std::fs::create_dir_all(&raw).unwrap();
+    let mut prepare = Command::new(python);
+    prepare
+        .args(["benches/ml/small_data.py", "prepare", "--out"])
+        .arg(&prepared);
+    for rows in SMALL_LEAD_ROWS {
+        let data = dataset((rows as f64 / 0.74) as u32, scoring);
+        let csv = raw.join(format!("leads-{rows}.csv"));
+        write_csv(&data, &csv);
+        prepare
+            .arg("--csv")
+            .arg(format!("{}:converted:closed_at", csv.display()));
+    }
+    let status = prepare.status().expect("run benches/ml/small_data.py");
+    assert!(status.success(), "small_data.py prepare failed");
+    let names = PUBLIC_SETS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(SMALL_LEAD_ROWS.iter().map(|r| format!("leads-{r}")));
+    println!("| data set | rows | library | ROC AUC | Brier | fit s |");
+    println!("|---|---:|---|---:|---:|---:|");
+    let mut verdicts = Vec::new();
+    for name in names {
+        let base = prepared.join(&name);
+        let csv = base.with_extension("csv");
+        let file = std::fs::File::open(&csv).expect("prepared csv");
+        let spec = CsvSpec {
+            target: "target".into(),
+            ..CsvSpec::default()
+        };
+        let data = Dataset::from_csv(&csv.display().to_string(), file, &spec).expect("read csv");
+        let splits: Vec<Vec<usize>> = serde_json::from_reader(
+            std::fs::File::open(base.with_extension("splits.json")).expect("splits"),
+        )
+        .expect("splits json");
+        let mut rows: Vec<SplitScores> = OUR_LEARNERS
+            .iter()
+            .map(|t| ours_on_splits(&data, &splits, *t))
+            .collect();
+        rows.extend(
+            PYTHON_LEARNERS
+                .iter()
+                .filter_map(|lib| python_on_splits(python, &base, lib)),
+        );
+        for r in &rows {
+            println!(
+                "| {name} | {} | {} | {:.4} | {:.4} | {:.3} |",
+                data.examples.len(),
+                r.library,
+                r.roc_auc,
+                r.brier,
+                r.train_seconds
+            );
+        }
+        let ours = &rows[0];
+        let best_auc = rows[3..].iter().map(|r| r.roc_auc).fold(f64::NAN, f64::max);
+        let best_brier = rows[3..].iter().map(|r| r.brier).fold(f64::NAN, f64::min);
+        verdicts.push(format!(
+            "{name}: gradient boosting AUC {:+.4} against the best other library, Brier {:+.4} against the best",
+            ours.roc_auc - best_auc,
+            ours.brier - best_brier
+        ));
+    }
+    println!();
+    for v in verdicts {
+        println!("- {v}");
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("LEADFLOW_LOG"))
@@ -148,6 +306,12 @@ fn main() {
         .init();
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
+    if args.iter().any(|a| a == "--small") {
+        let python = std::env::var("LEADFLOW_BENCH_PYTHON")
+            .expect("--small needs LEADFLOW_BENCH_PYTHON (the Makefile's bench venv)");
+        small_data(&python, &ScoringConfig::default());
+        return;
+    }
     let sizes: Vec<usize> = args
         .iter()
         .position(|a| a == "--rows")

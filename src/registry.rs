@@ -165,7 +165,7 @@ pub async fn train_and_register<S: LeadStore>(
             outcome.profile = Profile::of(&outcome.model.encoder.features, &traffic);
         }
     }
-    let holdout = outcome.train_rows..dataset.examples.len();
+    let holdout = outcome.evaluated.clone();
     let window = dataset.timed.then_some(outcome.window);
     let previous = match load_active(store).await? {
         Some(active) => Some((
@@ -189,7 +189,7 @@ pub async fn train_and_register<S: LeadStore>(
         .insert_model(&NewModel {
             entry: ModelEntry {
                 model_type: outcome.model.model_type().as_str().to_string(),
-                params: scoring.training.params_json().to_string(),
+                params: outcome.params.to_string(),
                 features: serde_json::to_string(&outcome.model.encoder.features)
                     .expect("plain data"),
                 metrics: serde_json::to_string(&stored).expect("plain data"),

@@ -166,10 +166,10 @@ async fn models_beat_the_rule_score_and_live_in_the_registry<S: LeadStore + 'sta
         .await
         .unwrap()
         .unwrap();
-    let holdout = rf.outcome.train_rows..dataset.examples.len();
+    let holdout = rf.outcome.evaluated.clone();
     assert_eq!(
         evaluate_model(&loaded.model, &dataset, holdout.clone()).model,
-        rf.outcome.evaluation.model
+        evaluate_model(&rf.outcome.model, &dataset, holdout.clone()).model
     );
 
     store.activate_model(lr.version, 1).await.unwrap();

@@ -11,7 +11,7 @@ use tracing::info;
 use leadflow::config::Config;
 use leadflow::ml::evaluation::Metrics as ModelMetrics;
 use leadflow::ml::model::{ModelType, TrainedModel};
-use leadflow::ml::training::{evaluate_model, CsvSpec, Dataset, Progress};
+use leadflow::ml::training::{evaluate_model, CsvSpec, Dataset, EvaluationMethod, Progress};
 use leadflow::ml::ActiveModel;
 use leadflow::registry::{
     dataset_from_store, load_model, train_and_register, Activation, StoredMetrics,
@@ -36,7 +36,9 @@ pub(crate) struct CsvArgs {
     /// With --csv: columns to treat as categories (others are numbers if every value parses).
     #[arg(long, value_delimiter = ',', requires = "csv")]
     pub(crate) categorical: Vec<String>,
-    /// With --csv: the column that orders rows for the time-based hold-out (default: file order).
+    /// With --csv: the column that orders rows in time: the hold-out is the newest rows and
+    /// cross-validation folds are time blocks (without it: stratified random folds, or file order
+    /// for the hold-out of a file too big to cross-validate).
     #[arg(long, requires = "csv")]
     pub(crate) time_column: Option<String>,
     /// With --csv: a row id column, excluded from the features.
@@ -148,14 +150,33 @@ pub(crate) async fn model(mut config: Config, command: ModelCommand) -> Result<(
             )
             .await?;
             let o = &registered.outcome;
+            let measured_on = match o.evaluation.method {
+                EvaluationMethod::HoldOut => {
+                    format!("hold-out: the newest {} rows", o.holdout_rows)
+                }
+                EvaluationMethod::CrossValidated { folds } => {
+                    format!(
+                        "metrics: {folds}-fold cross-validated over {} rows",
+                        o.holdout_rows
+                    )
+                }
+                EvaluationMethod::OutOfBag => {
+                    format!("metrics: out-of-bag over {} rows", o.holdout_rows)
+                }
+            };
             println!(
-                "model {} ({}) trained on {} rows in {:.2} s; hold-out: the newest {} rows",
+                "model {} ({}) trained on {} rows in {:.2} s; {measured_on}",
                 registered.version,
                 o.model.model_type(),
                 o.train_rows,
                 o.seconds,
-                o.holdout_rows
             );
+            if !o.tried.is_empty() {
+                println!("parameters chosen: {}", o.params);
+                for t in &o.tried {
+                    println!("  candidate log loss {:.4}: {}", t.log_loss, t.params);
+                }
+            }
             print_metrics("this model", &o.evaluation.model);
             if let Some(rule) = &o.evaluation.rule_score {
                 print_metrics("rule-based score", rule);

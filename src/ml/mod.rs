@@ -4,11 +4,13 @@
 //! model takes part in it as a [`ConversionModel`].
 
 pub mod csv_scoring;
+pub mod dataset;
 pub mod drift;
 pub mod evaluation;
 pub mod features;
 pub mod linear;
 pub mod model;
+pub mod selection;
 pub mod table;
 pub mod training;
 pub mod trees;

@@ -2,20 +2,22 @@
 //! (or a CSV file), a time-based hold-out, the learner, and its metrics.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
 use super::drift::Profile;
 use super::evaluation::{evaluate, Metrics};
-use super::features::{extract, Encoder, FeatureDef, FeatureValue};
+use super::features::{Encoder, FeatureValue};
 use super::linear::{Logistic, LogisticParams};
 use super::model::{Learner, ModelType, TrainedModel};
-use super::table::{ColumnKind, Table};
+use super::selection::{choose_boosting, choose_forest, choose_logistic, Folds, Tried};
+use super::table::Table;
 use super::trees::{train_boosting, train_forest, BoostingParams, ForestParams};
-use super::ScoringConfig;
-use crate::core::state::LeadState;
-use crate::events::{Millis, Stage};
+use crate::events::Millis;
+
+pub use super::dataset::{
+    closed_at, parse_outcome, parse_time, CsvSpec, Dataset, DatasetError, Example,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingError {
@@ -25,263 +27,10 @@ pub enum TrainingError {
         positives: usize,
         min_rows: usize,
     },
-    #[error("{path}: {reason}")]
-    Csv { path: String, reason: String },
-    #[error("{path} line {line}: {reason}")]
-    CsvRow {
-        path: String,
-        line: u64,
-        reason: String,
-    },
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
     #[error(transparent)]
     Fit(#[from] super::linear::FitError),
-}
-
-/// One labelled row: a lead's features just before its outcome.
-#[derive(Debug, Clone)]
-pub struct Example {
-    pub id: String,
-    pub at: Millis,
-    pub values: Vec<FeatureValue>,
-    pub label: f64,
-}
-
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    pub features: Vec<FeatureDef>,
-    /// Whether `Example::at` is a time (false: a CSV file's line number).
-    pub timed: bool,
-    /// Oldest first: the hold-out is the newest tail.
-    pub examples: Vec<Example>,
-}
-
-/// When the closing stage change happened, if the lead is closed.
-pub fn closed_at(lead: &LeadState) -> Option<Millis> {
-    matches!(lead.stage, Stage::ClosedWon | Stage::ClosedLost)
-        .then_some(lead.stage_entered_at)
-        .flatten()
-}
-
-impl Dataset {
-    /// Rows from closed leads: each lead's state just before it closed,
-    /// evaluated at the close.
-    pub fn from_closed_leads(
-        leads: &[LeadState],
-        scoring: &ScoringConfig,
-        features: Vec<FeatureDef>,
-    ) -> Dataset {
-        let mut examples: Vec<Example> = leads
-            .iter()
-            .filter_map(|lead| {
-                let at = closed_at(lead)?;
-                let before = lead.pre_close.as_deref()?;
-                Some(Example {
-                    id: lead.lead_ext_id.clone(),
-                    at,
-                    values: extract(before, at, &scoring.policy(), &features),
-                    label: (lead.stage == Stage::ClosedWon) as u8 as f64,
-                })
-            })
-            .collect();
-        examples.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
-        Dataset {
-            features,
-            timed: true,
-            examples,
-        }
-    }
-
-    pub fn positives(&self) -> usize {
-        self.examples.iter().filter(|e| e.label > 0.5).count()
-    }
-
-    pub fn table(&self, encoder: &Encoder, range: std::ops::Range<usize>) -> (Table, Vec<f64>) {
-        let mut table = Table::new(encoder.kinds());
-        let mut labels = Vec::with_capacity(range.len());
-        for example in &self.examples[range] {
-            table.push_row(&encoder.encode(&example.values));
-            labels.push(example.label);
-        }
-        (table, labels)
-    }
-
-    /// Index where the hold-out (the newest `fraction`) starts.
-    pub fn holdout_start(&self, fraction: f64) -> usize {
-        let n = self.examples.len();
-        n - ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1))
-    }
-
-    /// The rows of the time-based hold-out: the newest `fraction`.
-    pub fn holdout_rows(&self, fraction: f64) -> std::ops::Range<usize> {
-        self.holdout_start(fraction)..self.examples.len()
-    }
-}
-
-/// How to read a CSV file as training data.
-#[derive(Debug, Clone, Default)]
-pub struct CsvSpec {
-    pub target: String,
-    /// Feature columns; empty means every column but the target, id and time.
-    pub features: Vec<String>,
-    /// Columns to treat as categories; others are numbers when every value
-    /// parses as one and categories otherwise.
-    pub categorical: Vec<String>,
-    /// Orders the rows for the time-based split; file order without it.
-    pub time_column: Option<String>,
-    pub id_column: Option<String>,
-}
-
-/// Reads a target value as 1 (won) or 0 (lost).
-pub fn parse_outcome(raw: &str) -> Result<f64, String> {
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "1" | "1.0" | "true" | "yes" | "won" | "closed_won" => Ok(1.0),
-        "0" | "0.0" | "false" | "no" | "lost" | "closed_lost" => Ok(0.0),
-        other => Err(format!(
-            "outcome `{other}` is not one of 1/0, true/false, yes/no, won/lost, closed_won/closed_lost"
-        )),
-    }
-}
-
-pub fn parse_time(raw: &str) -> Result<Millis, String> {
-    let raw = raw.trim();
-    if let Ok(ms) = raw.parse::<i64>() {
-        return Ok(ms);
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
-        return Ok(t.timestamp_millis());
-    }
-    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-        .map(|d| {
-            d.and_hms_opt(0, 0, 0)
-                .expect("midnight exists")
-                .and_utc()
-                .timestamp_millis()
-        })
-        .map_err(|_| format!("`{raw}` is not epoch millis, RFC 3339 or YYYY-MM-DD"))
-}
-
-impl Dataset {
-    pub fn from_csv(
-        path: &str,
-        reader: impl Read,
-        spec: &CsvSpec,
-    ) -> Result<Dataset, TrainingError> {
-        let csv_error = |reason: String| TrainingError::Csv {
-            path: path.to_string(),
-            reason,
-        };
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(false)
-            .from_reader(reader);
-        let headers: Vec<String> = reader
-            .headers()
-            .map_err(|e| csv_error(e.to_string()))?
-            .iter()
-            .map(|h| h.trim().to_string())
-            .collect();
-        let column = |name: &str| {
-            headers.iter().position(|h| h == name).ok_or_else(|| {
-                csv_error(format!(
-                    "no column `{name}` (columns: {})",
-                    headers.join(", ")
-                ))
-            })
-        };
-        let target = column(&spec.target)?;
-        let time = spec.time_column.as_deref().map(column).transpose()?;
-        let id = spec.id_column.as_deref().map(column).transpose()?;
-        let feature_columns: Vec<usize> = if spec.features.is_empty() {
-            (0..headers.len())
-                .filter(|i| *i != target && Some(*i) != time && Some(*i) != id)
-                .collect()
-        } else {
-            spec.features
-                .iter()
-                .map(|f| column(f))
-                .collect::<Result<_, _>>()?
-        };
-        for name in &spec.categorical {
-            if !feature_columns.iter().any(|&c| headers[c] == *name) {
-                return Err(csv_error(format!(
-                    "categorical column `{name}` is not a feature column"
-                )));
-            }
-        }
-        let mut records = Vec::new();
-        for (i, record) in reader.records().enumerate() {
-            let line = i as u64 + 2;
-            let record = record.map_err(|e| TrainingError::CsvRow {
-                path: path.to_string(),
-                line,
-                reason: e.to_string(),
-            })?;
-            records.push((line, record));
-        }
-        let kinds: Vec<ColumnKind> = feature_columns
-            .iter()
-            .map(|&c| {
-                let forced = spec.categorical.contains(&headers[c]);
-                let numeric = records.iter().all(|(_, r)| {
-                    let v = r[c].trim();
-                    v.is_empty() || v.parse::<f64>().is_ok()
-                });
-                if forced || !numeric {
-                    ColumnKind::Categorical
-                } else {
-                    ColumnKind::Numeric
-                }
-            })
-            .collect();
-        let row_error = |line: u64, reason: String| TrainingError::CsvRow {
-            path: path.to_string(),
-            line,
-            reason,
-        };
-        let mut examples = Vec::with_capacity(records.len());
-        for (line, record) in &records {
-            let label = parse_outcome(&record[target])
-                .map_err(|r| row_error(*line, format!("column `{}`: {r}", spec.target)))?;
-            let at = match time {
-                Some(t) => parse_time(&record[t])
-                    .map_err(|r| row_error(*line, format!("column `{}`: {r}", headers[t])))?,
-                None => *line as Millis,
-            };
-            let values = feature_columns
-                .iter()
-                .zip(&kinds)
-                .map(|(&c, kind)| {
-                    let v = record[c].trim();
-                    match kind {
-                        ColumnKind::Numeric => FeatureValue::Number(v.parse().unwrap_or(f64::NAN)),
-                        ColumnKind::Categorical => {
-                            FeatureValue::Category((!v.is_empty()).then(|| v.to_string()))
-                        }
-                    }
-                })
-                .collect();
-            examples.push(Example {
-                id: id.map_or_else(|| format!("line {line}"), |c| record[c].to_string()),
-                at,
-                values,
-                label,
-            });
-        }
-        // Stable: rows with equal times keep their file order.
-        examples.sort_by_key(|e| e.at);
-        let features = feature_columns
-            .iter()
-            .zip(kinds)
-            .map(|(&c, kind)| FeatureDef {
-                name: headers[c].clone(),
-                kind,
-            })
-            .collect();
-        Ok(Dataset {
-            features,
-            timed: time.is_some(),
-            examples,
-        })
-    }
 }
 
 /// Everything `train` needs to know besides the data.
@@ -296,6 +45,11 @@ pub struct TrainingConfig {
     /// The newest fraction of the rest that early stopping watches.
     pub validation_fraction: f64,
     pub min_rows: usize,
+    /// Up to this many rows, parameters are chosen by cross-validation and
+    /// the model refit on every row (0: never; the configured parameters as
+    /// they are, with the time-based hold-out and early stopping).
+    pub cross_validation_max_rows: usize,
+    pub cross_validation_folds: usize,
     pub gradient_boosting: BoostingParams,
     pub random_forest: ForestParams,
     pub logistic: LogisticParams,
@@ -309,6 +63,8 @@ impl Default for TrainingConfig {
             holdout_fraction: 0.2,
             validation_fraction: 0.15,
             min_rows: 50,
+            cross_validation_max_rows: 20_000,
+            cross_validation_folds: 5,
             gradient_boosting: BoostingParams::default(),
             random_forest: ForestParams::default(),
             logistic: LogisticParams::default(),
@@ -327,6 +83,12 @@ impl TrainingConfig {
         };
         fraction("training.holdout_fraction", self.holdout_fraction)?;
         fraction("training.validation_fraction", self.validation_fraction)?;
+        if !(2..=20).contains(&self.cross_validation_folds) {
+            return Err((
+                "training.cross_validation_folds".into(),
+                format!("{} is outside 2..20", self.cross_validation_folds),
+            ));
+        }
         if self.window_days == 0 {
             return Err(("training.window_days".into(), "must be at least 1".into()));
         }
@@ -396,8 +158,23 @@ impl Progress for NoProgress {
     fn advance(&self, _: u64) {}
 }
 
+/// Where a model's metrics come from: always rows it did not see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum EvaluationMethod {
+    /// The newest rows, scored by a model fitted on the older ones.
+    #[default]
+    HoldOut,
+    /// Every row, scored by the fold model that did not see it.
+    CrossValidated { folds: usize },
+    /// Every row, scored by the forest's trees that did not draw it.
+    OutOfBag,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
+    #[serde(default)]
+    pub method: EvaluationMethod,
     pub model: Metrics,
     /// The rule-based initial score (÷100) on the same rows, when the data
     /// has it: the bar a model must clear.
@@ -408,16 +185,36 @@ pub struct Evaluation {
 pub struct TrainingOutcome {
     pub model: TrainedModel,
     pub evaluation: Evaluation,
+    /// The dataset's rows the evaluation scored (a model compared with this
+    /// one is scored on the same rows).
+    pub evaluated: std::ops::Range<usize>,
+    /// Rows the returned model was fitted on.
     pub train_rows: usize,
     pub holdout_rows: usize,
-    /// Close times of the oldest and newest training row.
+    /// The parameters the model was fitted with (chosen ones after a search,
+    /// the number of trees included).
+    pub params: serde_json::Value,
+    /// The candidates a search compared (empty without a search).
+    pub tried: Vec<Tried>,
+    /// Times of the oldest and newest row the model was fitted on.
     pub window: (Millis, Millis),
     /// Drift reference: the training rows' feature distributions.
     pub profile: Profile,
     /// The whole run: encoding, fitting, evaluating.
     pub seconds: f64,
-    /// The learner alone (binning included), comparable with other libraries' fit.
+    /// The learner alone (binning and any parameter search included),
+    /// comparable with other libraries' fit.
     pub fit_seconds: f64,
+}
+
+/// What a fit produced, before the outcome's bookkeeping.
+struct Fitted {
+    learner: Learner,
+    evaluation: Option<(EvaluationMethod, Vec<f64>)>,
+    evaluated: std::ops::Range<usize>,
+    train_rows: usize,
+    params: serde_json::Value,
+    tried: Vec<Tried>,
 }
 
 pub fn train(
@@ -435,29 +232,88 @@ pub fn train(
             min_rows: config.min_rows.max(4),
         });
     }
-    let holdout_start = dataset.holdout_start(config.holdout_fraction);
+    let searched = n <= config.cross_validation_max_rows;
+    // Without a search the newest rows stay out of everything but the
+    // metrics; with one the final model sees every row, so the categories
+    // are coded from every row too (codes come from frequencies, not labels).
+    let coded_rows = if searched {
+        n
+    } else {
+        dataset.holdout_start(config.holdout_fraction)
+    };
     let encoder = Encoder::fit(
         dataset.features.clone(),
-        dataset.examples[..holdout_start]
+        dataset.examples[..coded_rows]
             .iter()
             .map(|e| e.values.as_slice()),
     );
-    let (train_table, train_y) = dataset.table(&encoder, 0..holdout_start);
+    let (table, y) = dataset.table(&encoder, 0..n);
     let encoded = started.elapsed().as_secs_f64();
+    let fitted = if searched {
+        fit_searched(dataset, &table, &y, &encoder, config, progress)?
+    } else {
+        fit_with_holdout(&table, &y, coded_rows, config, progress)?
+    };
+    let fit_done = started.elapsed().as_secs_f64();
+    let model = TrainedModel {
+        encoder: encoder.clone(),
+        learner: fitted.learner,
+    };
+    let evaluation = match fitted.evaluation {
+        Some((method, probabilities)) => {
+            evaluation_of(dataset, fitted.evaluated.clone(), &probabilities, method)
+        }
+        None => evaluate_model(&model, dataset, fitted.evaluated.clone()),
+    };
+    tracing::debug!(
+        encode_s = encoded,
+        fit_s = fit_done - encoded,
+        evaluate_s = started.elapsed().as_secs_f64() - fit_done,
+        "training time"
+    );
+    let fit_table = table.select(&(0..fitted.train_rows).collect::<Vec<_>>());
+    Ok(TrainingOutcome {
+        profile: Profile::of(&encoder.features, &fit_table),
+        model,
+        evaluation,
+        holdout_rows: fitted.evaluated.len(),
+        evaluated: fitted.evaluated,
+        train_rows: fitted.train_rows,
+        params: fitted.params,
+        tried: fitted.tried,
+        window: (
+            dataset.examples[0].at,
+            dataset.examples[fitted.train_rows - 1].at,
+        ),
+        seconds: started.elapsed().as_secs_f64(),
+        fit_seconds: fit_done - encoded,
+    })
+}
+
+/// The configured parameters as they are: the newest rows held out for the
+/// metrics, the newest of the rest watching early stopping. For data big
+/// enough that neither slice is missed.
+fn fit_with_holdout(
+    table: &Table,
+    y: &[f64],
+    holdout_start: usize,
+    config: &TrainingConfig,
+    progress: &dyn Progress,
+) -> Result<Fitted, TrainingError> {
+    let rows = |range: std::ops::Range<usize>| table.select(&range.collect::<Vec<_>>());
+    let train_y = &y[..holdout_start];
     let learner = match config.model_type {
         ModelType::GradientBoosting => {
             let params = &config.gradient_boosting;
             let valid_start =
                 holdout_start - ((holdout_start as f64 * config.validation_fraction) as usize);
-            let fit_rows: Vec<usize> = (0..valid_start).collect();
-            let valid_rows: Vec<usize> = (valid_start..holdout_start).collect();
-            let fit = train_table.select(&fit_rows);
-            let valid = train_table.select(&valid_rows);
+            let fit = rows(0..valid_start);
+            let valid = rows(valid_start..holdout_start);
             progress.stage("gradient boosting (trees)", params.max_trees as u64);
             let booster = train_boosting(
                 &fit,
                 &train_y[..valid_start],
-                (!valid_rows.is_empty()).then_some((&valid, &train_y[valid_start..])),
+                (valid_start < holdout_start).then_some((&valid, &train_y[valid_start..])),
                 params,
                 &mut |trees, _| progress.advance(trees as u64),
             );
@@ -466,43 +322,168 @@ pub fn train(
         ModelType::RandomForest => {
             progress.stage("random forest (trees)", config.random_forest.trees as u64);
             Learner::RandomForest(train_forest(
-                &train_table,
-                &train_y,
+                &rows(0..holdout_start),
+                train_y,
                 &config.random_forest,
                 &|done| progress.advance(done as u64),
             ))
         }
         ModelType::Logistic => {
             progress.stage("logistic regression", 1);
-            let model = Logistic::fit(&train_table, &train_y, &config.logistic)?;
+            let model = Logistic::fit(&rows(0..holdout_start), train_y, &config.logistic)?;
             progress.advance(1);
             Learner::Logistic(model)
         }
     };
-    let fitted = started.elapsed().as_secs_f64();
-    let model = TrainedModel {
-        encoder: encoder.clone(),
+    Ok(Fitted {
         learner,
-    };
-    let evaluation = evaluate_model(&model, dataset, holdout_start..n);
-    tracing::debug!(
-        encode_s = encoded,
-        fit_s = fitted - encoded,
-        evaluate_s = started.elapsed().as_secs_f64() - fitted,
-        "training time"
-    );
-    Ok(TrainingOutcome {
-        profile: Profile::of(&encoder.features, &train_table),
-        model,
-        evaluation,
+        evaluation: None,
+        evaluated: holdout_start..y.len(),
         train_rows: holdout_start,
-        holdout_rows: n - holdout_start,
-        window: (
-            dataset.examples[0].at,
-            dataset.examples[holdout_start - 1].at,
-        ),
-        seconds: started.elapsed().as_secs_f64(),
-        fit_seconds: fitted - encoded,
+        params: config.params_json(),
+        tried: Vec::new(),
+    })
+}
+
+/// Small data: parameters chosen by cross-validation (out-of-bag rows for
+/// the forest), then one model on every row. Rows in time order keep the
+/// time-based hold-out for the metrics: the search runs on the older rows,
+/// the winner fitted on them is scored on the newest, and the final model
+/// is the winner refitted on all. Rows without times are scored by their
+/// held-out predictions from the search.
+fn fit_searched(
+    dataset: &Dataset,
+    table: &Table,
+    y: &[f64],
+    encoder: &Encoder,
+    config: &TrainingConfig,
+    progress: &dyn Progress,
+) -> Result<Fitted, TrainingError> {
+    let n = y.len();
+    let timed = dataset.timed;
+    let search_rows = if timed {
+        dataset.holdout_start(config.holdout_fraction)
+    } else {
+        n
+    };
+    let search_table = table.select(&(0..search_rows).collect::<Vec<_>>());
+    let search_y = &y[..search_rows];
+    let folds = Folds::new(
+        search_y,
+        config.cross_validation_folds,
+        timed,
+        config.gradient_boosting.seed,
+    );
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let on_fit = || progress.advance(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+    // The newest rows' probabilities from the winner fitted on the older ones.
+    let holdout_probabilities = |learner: &Learner| -> Vec<f64> {
+        let model = TrainedModel {
+            encoder: encoder.clone(),
+            learner: learner.clone(),
+        };
+        (search_rows..n)
+            .map(|r| model.probability_encoded(&table.row(r)))
+            .collect()
+    };
+    let (learner, held_out, method, params, tried) = match config.model_type {
+        ModelType::GradientBoosting => {
+            let base = &config.gradient_boosting;
+            let candidates = super::selection::boosting_candidates(base).len();
+            progress.stage(
+                "gradient boosting (cross-validated fits)",
+                (candidates * folds.count + 1 + timed as usize) as u64,
+            );
+            let chosen = choose_boosting(&search_table, search_y, &folds, base, &on_fit);
+            let refit = |table: &Table, y: &[f64]| {
+                let booster = train_boosting(table, y, None, &chosen.params, &mut |_, _| {});
+                on_fit();
+                Learner::GradientBoosting(booster)
+            };
+            let holdout = timed.then(|| holdout_probabilities(&refit(&search_table, search_y)));
+            (
+                refit(table, y),
+                holdout.unwrap_or(chosen.held_out),
+                EvaluationMethod::CrossValidated { folds: folds.count },
+                serde_json::to_value(&chosen.params),
+                chosen.tried,
+            )
+        }
+        ModelType::RandomForest => {
+            let base = &config.random_forest;
+            let candidates = super::selection::forest_candidates(base).len();
+            progress.stage(
+                "random forest (out-of-bag compared fits)",
+                (candidates + timed as usize) as u64,
+            );
+            let (chosen, fit) = choose_forest(&search_table, search_y, base, &on_fit);
+            let (learner, held_out) = if timed {
+                let older = Learner::RandomForest(fit.forest);
+                let holdout = holdout_probabilities(&older);
+                let all = train_forest(table, y, &chosen.params, &|_| {});
+                on_fit();
+                (Learner::RandomForest(all), holdout)
+            } else {
+                (Learner::RandomForest(fit.forest), chosen.held_out)
+            };
+            (
+                learner,
+                held_out,
+                EvaluationMethod::OutOfBag,
+                serde_json::to_value(&chosen.params),
+                chosen.tried,
+            )
+        }
+        ModelType::Logistic => {
+            let base = &config.logistic;
+            let candidates = super::selection::logistic_candidates(base).len();
+            progress.stage(
+                "logistic regression (cross-validated fits)",
+                (candidates * folds.count + 1 + timed as usize) as u64,
+            );
+            let chosen = choose_logistic(&search_table, search_y, &folds, base, &on_fit);
+            // Every candidate failing on some fold is a fit error on the
+            // configured penalty, which says why.
+            let params = chosen.as_ref().map_or(base.clone(), |c| c.params.clone());
+            let refit = |table: &Table, y: &[f64]| -> Result<Learner, TrainingError> {
+                let model = Logistic::fit(table, y, &params)?;
+                on_fit();
+                Ok(Learner::Logistic(model))
+            };
+            let holdout = if timed {
+                Some(holdout_probabilities(&refit(&search_table, search_y)?))
+            } else {
+                None
+            };
+            let learner = refit(table, y)?;
+            let (held_out, tried) = match chosen {
+                Some(c) => (c.held_out, c.tried),
+                None => (Vec::new(), Vec::new()),
+            };
+            (
+                learner,
+                holdout.unwrap_or(held_out),
+                EvaluationMethod::CrossValidated { folds: folds.count },
+                serde_json::to_value(&params),
+                tried,
+            )
+        }
+    };
+    let (method, evaluated) = if timed {
+        (EvaluationMethod::HoldOut, search_rows..n)
+    } else {
+        (method, 0..n)
+    };
+    for t in &tried {
+        tracing::debug!(params = %t.params, log_loss = t.log_loss, "candidate");
+    }
+    Ok(Fitted {
+        learner,
+        evaluation: Some((method, held_out)),
+        evaluated,
+        train_rows: n,
+        params: params.expect("parameters are plain data"),
+        tried,
     })
 }
 
@@ -519,9 +500,7 @@ pub fn evaluate_model(
         .enumerate()
         .map(|(i, f)| (f.name.as_str(), i))
         .collect();
-    let examples = &dataset.examples[rows];
-    let labels: Vec<f64> = examples.iter().map(|e| e.label).collect();
-    let probabilities: Vec<f64> = examples
+    let probabilities: Vec<f64> = dataset.examples[rows.clone()]
         .iter()
         .map(|e| {
             let values: Vec<FeatureValue> = model
@@ -536,18 +515,36 @@ pub fn evaluate_model(
             model.probability(&values)
         })
         .collect();
-    let rule_score = position.get("initial_score").map(|&i| {
-        let scores: Vec<f64> = examples
-            .iter()
-            .map(|e| match e.values[i] {
-                FeatureValue::Number(v) if v.is_finite() => v / 100.0,
-                _ => 0.0,
-            })
-            .collect();
-        evaluate(&scores, &labels)
-    });
+    evaluation_of(dataset, rows, &probabilities, EvaluationMethod::HoldOut)
+}
+
+/// The metrics of `probabilities` for a dataset's `rows`, with the rule
+/// score's on the same rows when the data has it.
+fn evaluation_of(
+    dataset: &Dataset,
+    rows: std::ops::Range<usize>,
+    probabilities: &[f64],
+    method: EvaluationMethod,
+) -> Evaluation {
+    let examples = &dataset.examples[rows];
+    let labels: Vec<f64> = examples.iter().map(|e| e.label).collect();
+    let rule_score = dataset
+        .features
+        .iter()
+        .position(|f| f.name == "initial_score")
+        .map(|i| {
+            let scores: Vec<f64> = examples
+                .iter()
+                .map(|e| match e.values[i] {
+                    FeatureValue::Number(v) if v.is_finite() => v / 100.0,
+                    _ => 0.0,
+                })
+                .collect();
+            evaluate(&scores, &labels)
+        });
     Evaluation {
-        model: evaluate(&probabilities, &labels),
+        method,
+        model: evaluate(probabilities, &labels),
         rule_score,
     }
 }

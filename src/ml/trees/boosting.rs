@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::binning::Binner;
+use super::compiled::CompiledCache;
 use super::grow::{row_major, sampled, GrowParams, TrainingData, Workspace};
 use super::histogram::GradPair;
 use super::tree::{BinTree, Tree};
@@ -60,11 +61,31 @@ pub struct Booster {
     /// Log-odds every prediction starts from (the training base rate).
     pub base_margin: f64,
     pub trees: Vec<Tree>,
+    #[serde(skip)]
+    pub(super) compiled: CompiledCache,
 }
 
 impl Booster {
+    pub fn new(binner: Binner, base_margin: f64, trees: Vec<Tree>) -> Booster {
+        Booster {
+            binner,
+            base_margin,
+            trees,
+            compiled: CompiledCache::default(),
+        }
+    }
+
     pub fn margin(&self, row: &[f64]) -> f64 {
-        self.base_margin + self.trees.iter().map(|t| t.predict(row)).sum::<f64>()
+        self.base_margin + self.compiled.get(&self.trees).sum(row)
+    }
+
+    /// The margin of the model cut to its first `trees` trees.
+    pub fn margin_of_first(&self, trees: usize, row: &[f64]) -> f64 {
+        self.base_margin
+            + self.trees[..trees.min(self.trees.len())]
+                .iter()
+                .map(|t| t.predict(row))
+                .sum::<f64>()
     }
 
     pub fn probability(&self, row: &[f64]) -> f64 {
@@ -74,11 +95,7 @@ impl Booster {
     /// Per-feature contributions in log-odds; they sum with the returned bias
     /// to [`Booster::margin`].
     pub fn attribute(&self, row: &[f64], contributions: &mut [f64]) -> f64 {
-        let mut bias = self.base_margin;
-        for tree in &self.trees {
-            bias += tree.attribute(row, contributions);
-        }
-        bias
+        self.base_margin + self.compiled.get(&self.trees).attribute(row, contributions)
     }
 }
 
@@ -131,7 +148,9 @@ pub(super) fn log_loss_of(margins: &[f64], y: &[f64]) -> f64 {
     partial.iter().sum::<f64>() / margins.len().max(1) as f64
 }
 
-/// Trains a booster; `on_tree(trees so far, validation log loss)` reports progress.
+/// Trains a booster; `on_tree(trees so far, validation log loss)` reports
+/// progress. With validation rows, the trees past the best validation loss
+/// are dropped.
 pub fn train_boosting(
     train: &Table,
     y: &[f64],
@@ -139,6 +158,48 @@ pub fn train_boosting(
     params: &BoostingParams,
     on_tree: &mut dyn FnMut(usize, Option<f64>),
 ) -> Booster {
+    let mut boosted = boost(train, y, valid, params, on_tree);
+    if let Some(best) = boosted.best_trees() {
+        boosted.booster.trees.truncate(best);
+    }
+    boosted.booster
+}
+
+/// A boosting run with every tree it grew and the validation loss after each.
+pub struct Boosted {
+    pub booster: Booster,
+    /// Validation log loss after tree 1, 2, ... (empty without validation rows).
+    pub valid_losses: Vec<f64>,
+}
+
+impl Boosted {
+    /// Trees up to the lowest validation loss (the first of equals).
+    pub fn best_trees(&self) -> Option<usize> {
+        best_prefix(&self.valid_losses)
+    }
+}
+
+/// How many of a loss curve's points lead to its first minimum (improvements
+/// under 1e-7 do not count), `None` for an empty curve.
+pub fn best_prefix(losses: &[f64]) -> Option<usize> {
+    let mut best: Option<(f64, usize)> = None;
+    for (i, loss) in losses.iter().enumerate() {
+        if best.is_none_or(|(b, _)| *loss < b - 1e-7) {
+            best = Some((*loss, i + 1));
+        }
+    }
+    best.map(|(_, trees)| trees)
+}
+
+/// Boosts without cutting: early stopping ends the run `early_stopping_rounds`
+/// trees after the best validation loss, and every grown tree is kept.
+pub fn boost(
+    train: &Table,
+    y: &[f64],
+    valid: Option<(&Table, &[f64])>,
+    params: &BoostingParams,
+    on_tree: &mut dyn FnMut(usize, Option<f64>),
+) -> Boosted {
     let n = train.rows();
     let binner = Binner::fit(train, params.max_bins);
     let binned = binner.bin_table(train);
@@ -163,6 +224,7 @@ pub fn train_boosting(
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut trees = Vec::new();
     let mut best = (f64::INFINITY, 0usize);
+    let mut valid_losses = Vec::new();
     // Seconds in gradients and sampling, growing, updating margins.
     let mut spent = [0.0f64; 3];
     // Reused from tree to tree: fresh multi-megabyte buffers each round cost
@@ -266,6 +328,7 @@ pub fn train_boosting(
                 });
             let loss = log_loss_of(&valid_margins, vy);
             valid_loss = Some(loss);
+            valid_losses.push(loss);
             if loss < best.0 - 1e-7 {
                 best = (loss, iteration + 1);
             }
@@ -286,12 +349,8 @@ pub fn train_boosting(
         trees = trees.len(),
         "boosting phases"
     );
-    if valid.is_some() && best.1 > 0 {
-        trees.truncate(best.1);
-    }
-    Booster {
-        binner,
-        base_margin,
-        trees,
+    Boosted {
+        booster: Booster::new(binner, base_margin, trees),
+        valid_losses,
     }
 }

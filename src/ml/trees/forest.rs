@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::binning::Binner;
 use super::calibration::Platt;
+use super::compiled::CompiledCache;
 use super::grow::{GrowParams, TrainingData, Workspace};
 use super::histogram::GradPair;
 use super::tree::{BinTree, Tree};
@@ -50,12 +51,14 @@ pub struct Forest {
     /// are squeezed towards the base rate, so the raw mean is not a
     /// calibrated probability.
     pub calibration: Platt,
+    #[serde(skip)]
+    compiled: CompiledCache,
 }
 
 impl Forest {
     /// The trees' mean leaf value, before calibration.
     pub fn raw_probability(&self, row: &[f64]) -> f64 {
-        self.trees.iter().map(|t| t.predict(row)).sum::<f64>() / self.trees.len().max(1) as f64
+        self.compiled.get(&self.trees).sum(row) / self.trees.len().max(1) as f64
     }
 
     pub fn probability(&self, row: &[f64]) -> f64 {
@@ -67,10 +70,7 @@ impl Forest {
     pub fn attribute(&self, row: &[f64], contributions: &mut [f64]) -> f64 {
         let scale = 1.0 / self.trees.len().max(1) as f64;
         let mut own = vec![0.0; contributions.len()];
-        let mut bias = 0.0;
-        for tree in &self.trees {
-            bias += tree.attribute(row, &mut own);
-        }
+        let bias = self.compiled.get(&self.trees).attribute(row, &mut own);
         for (c, o) in contributions.iter_mut().zip(own) {
             *c += o * scale;
         }
@@ -84,6 +84,24 @@ pub fn train_forest(
     params: &ForestParams,
     on_tree: &(dyn Fn(usize) + Sync),
 ) -> Forest {
+    fit_forest(train, y, params, on_tree).forest
+}
+
+/// A forest with its out-of-bag probabilities.
+pub struct ForestFit {
+    pub forest: Forest,
+    /// (row, calibrated probability from the trees that did not draw the
+    /// row) for every row up to 50,000 (a strided sample above), rows that
+    /// every tree drew left out.
+    pub out_of_bag: Vec<(usize, f64)>,
+}
+
+pub fn fit_forest(
+    train: &Table,
+    y: &[f64],
+    params: &ForestParams,
+    on_tree: &(dyn Fn(usize) + Sync),
+) -> ForestFit {
     let n = train.rows();
     let binner = Binner::fit(train, params.max_bins);
     let binned = binner.bin_table(train);
@@ -142,20 +160,29 @@ pub fn train_forest(
             }
         });
     }
-    let (scores, labels): (Vec<f64>, Vec<f64>) = oob
+    let (rows, scores): (Vec<usize>, Vec<f64>) = oob
         .iter()
         .zip(&sample)
         .filter(|((_, count), _)| *count > 0)
-        .map(|((sum, count), &r)| (sum / *count as f64, y[r]))
+        .map(|((sum, count), &r)| (r, sum / *count as f64))
         .unzip();
+    let labels: Vec<f64> = rows.iter().map(|&r| y[r]).collect();
     let calibration = if labels.iter().any(|y| *y > 0.5) && labels.iter().any(|y| *y < 0.5) {
         Platt::fit(&scores, &labels)
     } else {
         Platt::IDENTITY
     };
-    Forest {
-        binner,
-        trees,
-        calibration,
+    ForestFit {
+        out_of_bag: rows
+            .into_iter()
+            .zip(scores)
+            .map(|(r, s)| (r, calibration.apply(s)))
+            .collect(),
+        forest: Forest {
+            binner,
+            trees,
+            calibration,
+            compiled: CompiledCache::default(),
+        },
     }
 }

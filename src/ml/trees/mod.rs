@@ -18,15 +18,16 @@
 mod binning;
 mod boosting;
 mod calibration;
+mod compiled;
 mod forest;
 mod grow;
 mod histogram;
 mod tree;
 
 pub use binning::Binner;
-pub use boosting::{train_boosting, Booster, BoostingParams};
+pub use boosting::{best_prefix, boost, train_boosting, Boosted, Booster, BoostingParams};
 pub use calibration::Platt;
-pub use forest::{train_forest, Forest, ForestParams};
+pub use forest::{fit_forest, train_forest, Forest, ForestFit, ForestParams};
 pub use grow::{GrowParams, Grown, TrainingData, Workspace};
 pub use tree::{Node, Split, SplitRule, Tree};
 

@@ -1,0 +1,368 @@
+//! Choosing a learner's parameters when the data are small. A few candidates,
+//! from the configured parameters down to shallow and strongly regularised
+//! ones, are compared by k-fold cross-validation (contiguous blocks in time
+//! order when the rows have times, stratified random folds otherwise), by
+//! log loss: a proper score, so the choice favours both ranking and
+//! calibration. The forest compares its candidates on out-of-bag rows, which
+//! costs no extra fits. Nothing here is tuned to one data set: the data pick.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::evaluation::evaluate;
+use super::linear::{Logistic, LogisticParams};
+use super::table::{sigmoid, Table};
+use super::trees::{best_prefix, boost, fit_forest, BoostingParams, ForestFit, ForestParams};
+
+/// Which fold each row is held out in.
+#[derive(Debug, Clone)]
+pub struct Folds {
+    pub of_row: Vec<usize>,
+    pub count: usize,
+}
+
+impl Folds {
+    /// `count` folds over rows labelled `labels`: contiguous blocks when the
+    /// rows are in time order (a fold's model never sees rows between the
+    /// fold's first and last), otherwise each class dealt round-robin after a
+    /// seeded shuffle, so that every fold has the data's positive rate.
+    pub fn new(labels: &[f64], count: usize, timed: bool, seed: u64) -> Folds {
+        let n = labels.len();
+        let count = count.clamp(2, n.max(2));
+        let of_row = if timed {
+            (0..n).map(|i| i * count / n.max(1)).collect()
+        } else {
+            let mut of_row = vec![0; n];
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut dealt = 0;
+            for positive in [false, true] {
+                let mut rows: Vec<usize> =
+                    (0..n).filter(|&i| (labels[i] > 0.5) == positive).collect();
+                rows.shuffle(&mut rng);
+                for r in rows {
+                    of_row[r] = dealt % count;
+                    dealt += 1;
+                }
+            }
+            of_row
+        };
+        Folds { of_row, count }
+    }
+
+    /// The rows a fold's model fits on, and the rows it is held out on.
+    pub fn split(&self, fold: usize) -> (Vec<usize>, Vec<usize>) {
+        (0..self.of_row.len()).partition(|&r| self.of_row[r] != fold)
+    }
+}
+
+/// One candidate and how it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tried {
+    pub params: serde_json::Value,
+    /// Mean held-out log loss (infinite when the candidate failed to fit).
+    pub log_loss: f64,
+}
+
+/// The winning candidate, ready to fit on every row.
+#[derive(Debug, Clone)]
+pub struct Chosen<P> {
+    pub params: P,
+    /// Each row's probability from a model that did not see it (the
+    /// winner's held-out predictions), in row order.
+    pub held_out: Vec<f64>,
+    pub tried: Vec<Tried>,
+}
+
+fn subset(table: &Table, y: &[f64], rows: &[usize]) -> (Table, Vec<f64>) {
+    (table.select(rows), rows.iter().map(|&r| y[r]).collect())
+}
+
+fn mean_log_loss(probabilities: &[f64], y: &[f64]) -> f64 {
+    evaluate(probabilities, y).log_loss
+}
+
+/// Candidates for gradient boosting: the configured parameters, then
+/// shallower trees with larger leaves and a stronger L2 penalty, down to
+/// stumps (an additive model), which is what small noisy data rewards.
+pub fn boosting_candidates(base: &BoostingParams) -> Vec<BoostingParams> {
+    let mut candidates = vec![base.clone()];
+    for (leaves, depth, min_child, lambda) in [(8, 3, 20, 1.0), (4, 2, 40, 5.0), (2, 1, 40, 5.0)] {
+        if depth < base.max_depth {
+            candidates.push(BoostingParams {
+                max_leaves: leaves.min(base.max_leaves),
+                max_depth: depth,
+                min_child_samples: min_child.max(base.min_child_samples),
+                lambda: f64::max(lambda, base.lambda),
+                ..base.clone()
+            });
+        }
+    }
+    candidates
+}
+
+/// Boosting candidates by cross-validation. Each fold stops early on its own
+/// held-out rows; the folds' loss curves are averaged (a fold that stopped
+/// keeps its last loss), and the number of trees at the averaged minimum is
+/// the one the winner refits with.
+pub fn choose_boosting(
+    table: &Table,
+    y: &[f64],
+    folds: &Folds,
+    base: &BoostingParams,
+    on_fit: &(dyn Fn() + Sync),
+) -> Chosen<BoostingParams> {
+    let mut best: Option<(f64, Chosen<BoostingParams>)> = None;
+    let mut tried = Vec::new();
+    for candidate in boosting_candidates(base) {
+        let runs: Vec<_> = (0..folds.count)
+            .into_par_iter()
+            .map(|fold| {
+                let (fit_rows, held_rows) = folds.split(fold);
+                let (fit, fit_y) = subset(table, y, &fit_rows);
+                let (held, held_y) = subset(table, y, &held_rows);
+                let run = boost(
+                    &fit,
+                    &fit_y,
+                    Some((&held, &held_y)),
+                    &candidate,
+                    &mut |_, _| {},
+                );
+                on_fit();
+                (run, held_rows, held)
+            })
+            .collect();
+        let longest = runs
+            .iter()
+            .map(|(r, ..)| r.valid_losses.len())
+            .max()
+            .unwrap_or(0);
+        let curve: Vec<f64> = (0..longest)
+            .map(|i| {
+                runs.iter()
+                    .map(|(r, ..)| r.valid_losses[i.min(r.valid_losses.len() - 1)])
+                    .sum::<f64>()
+                    / runs.len() as f64
+            })
+            .collect();
+        let Some(trees) = best_prefix(&curve) else {
+            continue;
+        };
+        let mut held_out = vec![0.0; y.len()];
+        for (run, held_rows, held) in &runs {
+            for (i, &r) in held_rows.iter().enumerate() {
+                held_out[r] = sigmoid(run.booster.margin_of_first(trees, &held.row(i)));
+            }
+        }
+        let params = BoostingParams {
+            max_trees: trees,
+            ..candidate
+        };
+        let log_loss = curve[trees - 1];
+        tried.push(Tried {
+            params: serde_json::to_value(&params).expect("plain data"),
+            log_loss,
+        });
+        if best.as_ref().is_none_or(|(b, _)| log_loss < *b) {
+            best = Some((
+                log_loss,
+                Chosen {
+                    params,
+                    held_out,
+                    tried: Vec::new(),
+                },
+            ));
+        }
+    }
+    let (_, mut chosen) = best.expect("at least one candidate and one tree");
+    chosen.tried = tried;
+    chosen
+}
+
+/// Candidates for the forest: the configured leaf size, smaller and larger
+/// leaves, and a third of the features per split instead of the square root.
+pub fn forest_candidates(base: &ForestParams) -> Vec<ForestParams> {
+    let mut candidates = vec![base.clone()];
+    for leaf in [
+        (base.min_child_samples / 3).max(1),
+        base.min_child_samples * 3,
+    ] {
+        if leaf != base.min_child_samples {
+            candidates.push(ForestParams {
+                min_child_samples: leaf,
+                ..base.clone()
+            });
+        }
+    }
+    if base.max_features == 0.0 {
+        candidates.push(ForestParams {
+            max_features: 1.0 / 3.0,
+            ..base.clone()
+        });
+    }
+    candidates
+}
+
+/// Forest candidates by their out-of-bag log loss; the winner's forest is
+/// returned with it (it already saw every row).
+pub fn choose_forest(
+    table: &Table,
+    y: &[f64],
+    base: &ForestParams,
+    on_fit: &(dyn Fn() + Sync),
+) -> (Chosen<ForestParams>, ForestFit) {
+    let mut best: Option<(f64, ForestParams, ForestFit)> = None;
+    let mut tried = Vec::new();
+    for candidate in forest_candidates(base) {
+        let fit = fit_forest(table, y, &candidate, &|_| {});
+        on_fit();
+        let (p, labels): (Vec<f64>, Vec<f64>) =
+            fit.out_of_bag.iter().map(|&(r, p)| (p, y[r])).unzip();
+        let log_loss = mean_log_loss(&p, &labels);
+        tried.push(Tried {
+            params: serde_json::to_value(&candidate).expect("plain data"),
+            log_loss,
+        });
+        if best.as_ref().is_none_or(|(b, ..)| log_loss < *b) {
+            best = Some((log_loss, candidate, fit));
+        }
+    }
+    let (_, params, fit) = best.expect("at least one candidate");
+    // A row every tree drew (vanishingly rare with a hundred trees) has no
+    // out-of-bag prediction; it takes the forest's own.
+    let mut held_out: Vec<Option<f64>> = vec![None; y.len()];
+    for &(r, p) in &fit.out_of_bag {
+        held_out[r] = Some(p);
+    }
+    let held_out = held_out
+        .into_iter()
+        .enumerate()
+        .map(|(r, p)| p.unwrap_or_else(|| fit.forest.probability(&table.row(r))))
+        .collect();
+    (
+        Chosen {
+            params,
+            held_out,
+            tried,
+        },
+        fit,
+    )
+}
+
+/// Candidates for logistic regression: the configured L2 penalty and four
+/// more a factor of ten apart around it.
+pub fn logistic_candidates(base: &LogisticParams) -> Vec<LogisticParams> {
+    [1.0, 0.1, 10.0, 0.01, 100.0]
+        .iter()
+        .map(|factor| LogisticParams {
+            alpha: base.alpha * factor,
+        })
+        .collect()
+}
+
+/// Logistic candidates by cross-validation. A candidate that fails to fit on
+/// some fold is out; `None` when every candidate failed.
+pub fn choose_logistic(
+    table: &Table,
+    y: &[f64],
+    folds: &Folds,
+    base: &LogisticParams,
+    on_fit: &(dyn Fn() + Sync),
+) -> Option<Chosen<LogisticParams>> {
+    let mut best: Option<(f64, Chosen<LogisticParams>)> = None;
+    let mut tried = Vec::new();
+    for candidate in logistic_candidates(base) {
+        let runs: Vec<Option<(Vec<usize>, Vec<f64>)>> = (0..folds.count)
+            .into_par_iter()
+            .map(|fold| {
+                let (fit_rows, held_rows) = folds.split(fold);
+                let (fit, fit_y) = subset(table, y, &fit_rows);
+                let model = Logistic::fit(&fit, &fit_y, &candidate).ok();
+                on_fit();
+                let model = model?;
+                let p = held_rows
+                    .iter()
+                    .map(|&r| model.probability(&table.row(r)))
+                    .collect();
+                Some((held_rows, p))
+            })
+            .collect();
+        let mut held_out = vec![0.0; y.len()];
+        let mut complete = true;
+        for run in &runs {
+            match run {
+                Some((rows, p)) => {
+                    for (&r, &p) in rows.iter().zip(p) {
+                        held_out[r] = p;
+                    }
+                }
+                None => complete = false,
+            }
+        }
+        let log_loss = if complete {
+            mean_log_loss(&held_out, y)
+        } else {
+            f64::INFINITY
+        };
+        tried.push(Tried {
+            params: serde_json::to_value(&candidate).expect("plain data"),
+            log_loss,
+        });
+        if complete && best.as_ref().is_none_or(|(b, _)| log_loss < *b) {
+            best = Some((
+                log_loss,
+                Chosen {
+                    params: candidate,
+                    held_out,
+                    tried: Vec::new(),
+                },
+            ));
+        }
+    }
+    let (_, mut chosen) = best?;
+    chosen.tried = tried;
+    Some(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stratified_folds_share_the_positive_rate_and_cover_every_row_once() {
+        let labels: Vec<f64> = (0..1000).map(|i| (i % 10 == 0) as u8 as f64).collect();
+        let folds = Folds::new(&labels, 5, false, 1);
+        for fold in 0..5 {
+            let (fit, held) = folds.split(fold);
+            assert_eq!(fit.len() + held.len(), 1000);
+            assert_eq!(held.len(), 200);
+            let positives = held.iter().filter(|&&r| labels[r] > 0.5).count();
+            assert_eq!(positives, 20, "fold {fold}");
+        }
+        // Shuffled: not simply every fifth row.
+        assert!((0..1000).any(|r| folds.of_row[r] != r % 5));
+    }
+
+    #[test]
+    fn timed_folds_are_contiguous_blocks_in_row_order() {
+        let labels = vec![0.0; 10];
+        let folds = Folds::new(&labels, 5, true, 1);
+        assert_eq!(folds.of_row, vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
+    }
+
+    #[test]
+    fn candidates_start_with_the_configured_parameters() {
+        let base = BoostingParams::default();
+        let candidates = boosting_candidates(&base);
+        assert_eq!(candidates[0], base);
+        assert!(candidates[1..].iter().all(|c| c.max_depth < base.max_depth));
+        // Configured already as shallow as a stump: nothing shallower to try.
+        let stump = BoostingParams {
+            max_depth: 1,
+            ..base
+        };
+        assert_eq!(boosting_candidates(&stump), vec![stump]);
+    }
+}
