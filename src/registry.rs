@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Millis, MILLIS_PER_DAY};
 use crate::ml::drift::Profile;
-use crate::ml::evaluation::Metrics;
+use crate::ml::evaluation::{evaluate, Metrics};
 use crate::ml::features::{extract, feature_defs};
 use crate::ml::model::TrainedModel;
 use crate::ml::table::Table;
@@ -34,8 +34,9 @@ pub enum RegistryError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Never,
-    /// Only if its hold-out ROC AUC is at least the active model's on the
-    /// same rows (or nothing is active).
+    /// Only if its ROC AUC is at least the active model's on the same rows,
+    /// rows the active model was not fitted on (see `comparison_rows`; when
+    /// there are none, or nothing is active, it is activated).
     IfNotWorse,
     Always,
 }
@@ -55,6 +56,50 @@ pub struct Registered {
     pub outcome: TrainingOutcome,
     pub previous: Option<(i64, Metrics)>,
     pub activated: bool,
+}
+
+/// The rows a new model is compared with the active one on.
+struct Comparison {
+    rows: std::ops::Range<usize>,
+    /// Whether the active model cannot have been fitted on them.
+    unseen: bool,
+}
+
+/// The new model's evaluated rows closed after the active model's training
+/// window, when they hold both outcomes; otherwise all of its evaluated rows,
+/// which the active model may have been fitted on.
+async fn comparison_rows<S: LeadStore>(
+    store: &S,
+    dataset: &Dataset,
+    outcome: &TrainingOutcome,
+    active: i64,
+) -> Result<Comparison, StoreError> {
+    let all = outcome.evaluated.clone();
+    let window_end = match dataset.timed {
+        true => store
+            .model_record(active)
+            .await?
+            .and_then(|r| r.entry.window_end),
+        false => None,
+    };
+    let Some(end) = window_end else {
+        return Ok(Comparison {
+            rows: all,
+            unseen: false,
+        });
+    };
+    let start = all.start + dataset.examples[all.clone()].partition_point(|e| e.at <= end);
+    let rows = start..all.end;
+    let labels = dataset.examples[rows.clone()].iter().map(|e| e.label > 0.5);
+    let both = labels.clone().any(|p| p) && labels.clone().any(|p| !p);
+    Ok(if both {
+        Comparison { rows, unseen: true }
+    } else {
+        Comparison {
+            rows: all,
+            unseen: false,
+        }
+    })
 }
 
 /// Closed leads of the `window_days` up to the newest close, as training rows.
@@ -165,21 +210,36 @@ pub async fn train_and_register<S: LeadStore>(
             outcome.profile = Profile::of(&outcome.model.encoder.features, &traffic);
         }
     }
-    let holdout = outcome.evaluated.clone();
     let window = dataset.timed.then_some(outcome.window);
-    let previous = match load_active(store).await? {
-        Some(active) => Some((
-            active.version,
-            evaluate_model(&active.model, &dataset, holdout).model,
-        )),
+    let active = load_active(store).await?;
+    let comparison = match &active {
+        Some(active) => Some(comparison_rows(store, &dataset, &outcome, active.version).await?),
         None => None,
     };
+    let previous = active.as_ref().zip(comparison.as_ref()).map(|(active, c)| {
+        (
+            active.version,
+            evaluate_model(&active.model, &dataset, c.rows.clone()).model,
+        )
+    });
     let activate = match activation {
         Activation::Never => false,
         Activation::Always => true,
-        Activation::IfNotWorse => previous
-            .as_ref()
-            .is_none_or(|(_, m)| outcome.evaluation.model.roc_auc >= m.roc_auc),
+        Activation::IfNotWorse => match (&previous, &comparison) {
+            (Some((_, active)), Some(c)) if c.unseen => {
+                let offset = c.rows.start - outcome.evaluated.start;
+                let ours = &outcome.probabilities[offset..offset + c.rows.len()];
+                let labels: Vec<f64> = dataset.examples[c.rows.clone()]
+                    .iter()
+                    .map(|e| e.label)
+                    .collect();
+                evaluate(ours, &labels).roc_auc >= active.roc_auc
+            }
+            // The active model saw every row there is to compare on (a
+            // model refitted on all its rows saw its own hold-out), which
+            // flatters it: nothing shows the newer model worse.
+            _ => true,
+        },
     };
     let stored = StoredMetrics {
         evaluation: outcome.evaluation.clone(),

@@ -366,3 +366,81 @@ mod tests {
         assert_eq!(boosting_candidates(&stump), vec![stump]);
     }
 }
+
+#[cfg(test)]
+mod choice_tests {
+    use super::*;
+    use crate::ml::table::ColumnKind;
+
+    /// `signal` numeric columns that add up in the log-odds (plus noise
+    /// columns), or with `interaction` a label that depends on the product of
+    /// the first two.
+    fn data(n: usize, noise: usize, interaction: bool, seed: u64) -> (Table, Vec<f64>) {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut table = Table::new(vec![ColumnKind::Numeric; 2 + noise]);
+        let mut y = Vec::new();
+        for _ in 0..n {
+            let row: Vec<f64> = (0..2 + noise)
+                .map(|_| rng.random::<f64>() * 2.0 - 1.0)
+                .collect();
+            let logit = if interaction {
+                8.0 * row[0] * row[1]
+            } else {
+                1.2 * row[0] + 0.8 * row[1]
+            };
+            y.push((rng.random::<f64>() < sigmoid(logit)) as u8 as f64);
+            table.push_row(&row);
+        }
+        (table, y)
+    }
+
+    #[test]
+    fn noisy_additive_data_choose_shallow_trees_and_an_interaction_keeps_depth() {
+        let base = BoostingParams::default();
+        let (table, y) = data(1500, 20, false, 3);
+        let folds = Folds::new(&y, 5, false, 7);
+        let additive = choose_boosting(&table, &y, &folds, &base, &|| {});
+        assert!(
+            additive.params.max_depth < base.max_depth,
+            "additive data chose depth {}",
+            additive.params.max_depth
+        );
+        assert_eq!(additive.tried.len(), boosting_candidates(&base).len());
+        assert!(additive.params.max_trees >= 1 && additive.params.max_trees <= base.max_trees);
+        // The held-out predictions are honest: one per row, in (0, 1).
+        assert_eq!(additive.held_out.len(), y.len());
+        assert!(additive.held_out.iter().all(|p| *p > 0.0 && *p < 1.0));
+
+        let (table, y) = data(1500, 2, true, 4);
+        let folds = Folds::new(&y, 5, false, 7);
+        let interaction = choose_boosting(&table, &y, &folds, &base, &|| {});
+        // Stumps cannot express x0 * x1.
+        assert!(
+            interaction.params.max_depth >= 2,
+            "interaction chose depth {}",
+            interaction.params.max_depth
+        );
+    }
+
+    #[test]
+    fn logistic_penalty_is_chosen_among_the_candidates() {
+        let (table, y) = data(600, 30, false, 5);
+        let folds = Folds::new(&y, 5, false, 7);
+        let base = LogisticParams::default();
+        let chosen = choose_logistic(&table, &y, &folds, &base, &|| {}).expect("fits");
+        let alphas: Vec<f64> = logistic_candidates(&base).iter().map(|c| c.alpha).collect();
+        assert!(alphas.contains(&chosen.params.alpha));
+        let best = chosen
+            .tried
+            .iter()
+            .map(|t| t.log_loss)
+            .fold(f64::INFINITY, f64::min);
+        let winner = chosen
+            .tried
+            .iter()
+            .find(|t| t.params["alpha"].as_f64() == Some(chosen.params.alpha))
+            .unwrap();
+        assert_eq!(winner.log_loss, best);
+    }
+}

@@ -188,6 +188,8 @@ pub struct TrainingOutcome {
     /// The dataset's rows the evaluation scored (a model compared with this
     /// one is scored on the same rows).
     pub evaluated: std::ops::Range<usize>,
+    /// The probabilities the evaluation scored, one per row of `evaluated`.
+    pub probabilities: Vec<f64>,
     /// Rows the returned model was fitted on.
     pub train_rows: usize,
     pub holdout_rows: usize,
@@ -259,12 +261,13 @@ pub fn train(
         encoder: encoder.clone(),
         learner: fitted.learner,
     };
-    let evaluation = match fitted.evaluation {
-        Some((method, probabilities)) => {
-            evaluation_of(dataset, fitted.evaluated.clone(), &probabilities, method)
-        }
-        None => evaluate_model(&model, dataset, fitted.evaluated.clone()),
-    };
+    let (method, probabilities) = fitted.evaluation.unwrap_or_else(|| {
+        (
+            EvaluationMethod::HoldOut,
+            probabilities_of(&model, dataset, fitted.evaluated.clone()),
+        )
+    });
+    let evaluation = evaluation_of(dataset, fitted.evaluated.clone(), &probabilities, method);
     tracing::debug!(
         encode_s = encoded,
         fit_s = fit_done - encoded,
@@ -276,6 +279,7 @@ pub fn train(
         profile: Profile::of(&encoder.features, &fit_table),
         model,
         evaluation,
+        probabilities,
         holdout_rows: fitted.evaluated.len(),
         evaluated: fitted.evaluated,
         train_rows: fitted.train_rows,
@@ -494,13 +498,23 @@ pub fn evaluate_model(
     dataset: &Dataset,
     rows: std::ops::Range<usize>,
 ) -> Evaluation {
+    let probabilities = probabilities_of(model, dataset, rows.clone());
+    evaluation_of(dataset, rows, &probabilities, EvaluationMethod::HoldOut)
+}
+
+/// A model's probabilities for some of a dataset's rows.
+fn probabilities_of(
+    model: &TrainedModel,
+    dataset: &Dataset,
+    rows: std::ops::Range<usize>,
+) -> Vec<f64> {
     let position: BTreeMap<&str, usize> = dataset
         .features
         .iter()
         .enumerate()
         .map(|(i, f)| (f.name.as_str(), i))
         .collect();
-    let probabilities: Vec<f64> = dataset.examples[rows.clone()]
+    dataset.examples[rows]
         .iter()
         .map(|e| {
             let values: Vec<FeatureValue> = model
@@ -514,13 +528,12 @@ pub fn evaluate_model(
                 .collect();
             model.probability(&values)
         })
-        .collect();
-    evaluation_of(dataset, rows, &probabilities, EvaluationMethod::HoldOut)
+        .collect()
 }
 
 /// The metrics of `probabilities` for a dataset's `rows`, with the rule
 /// score's on the same rows when the data has it.
-fn evaluation_of(
+pub fn evaluation_of(
     dataset: &Dataset,
     rows: std::ops::Range<usize>,
     probabilities: &[f64],
@@ -546,5 +559,98 @@ fn evaluation_of(
         method,
         model: evaluate(probabilities, &labels),
         rule_score,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::features::FeatureDef;
+    use crate::ml::table::ColumnKind;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn dataset(n: usize, timed: bool) -> Dataset {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let examples = (0..n)
+            .map(|i| {
+                let x: f64 = rng.random::<f64>() * 2.0 - 1.0;
+                let c = ["a", "b", "c"][rng.random_range(0..3)];
+                let logit = 2.0 * x + if c == "b" { 1.0 } else { -0.5 };
+                Example {
+                    id: format!("row {i}"),
+                    at: i as Millis,
+                    values: vec![
+                        FeatureValue::Number(x),
+                        FeatureValue::Category(Some(c.to_string())),
+                    ],
+                    label: (rng.random::<f64>() < crate::ml::table::sigmoid(logit)) as u8 as f64,
+                }
+            })
+            .collect();
+        Dataset {
+            features: vec![
+                FeatureDef {
+                    name: "x".into(),
+                    kind: ColumnKind::Numeric,
+                },
+                FeatureDef {
+                    name: "c".into(),
+                    kind: ColumnKind::Categorical,
+                },
+            ],
+            timed,
+            examples,
+        }
+    }
+
+    #[test]
+    fn small_data_are_searched_and_refit_on_every_row() {
+        for model_type in [
+            ModelType::GradientBoosting,
+            ModelType::RandomForest,
+            ModelType::Logistic,
+        ] {
+            let config = TrainingConfig {
+                model_type,
+                ..TrainingConfig::default()
+            };
+            // Without times: every row fits the model, every row is scored
+            // by a model that did not see it.
+            let untimed = train(&dataset(800, false), &config, &NoProgress).unwrap();
+            assert_eq!(untimed.train_rows, 800, "{model_type}");
+            assert_eq!(untimed.evaluated, 0..800);
+            assert_eq!(untimed.evaluation.model.rows, 800);
+            let expected = match model_type {
+                ModelType::RandomForest => EvaluationMethod::OutOfBag,
+                _ => EvaluationMethod::CrossValidated { folds: 5 },
+            };
+            assert_eq!(untimed.evaluation.method, expected);
+            assert!(!untimed.tried.is_empty());
+            assert!(untimed.evaluation.model.roc_auc > 0.7, "{model_type}");
+
+            // With times: the newest fifth is the hold-out, yet the final
+            // model saw it too.
+            let timed = train(&dataset(800, true), &config, &NoProgress).unwrap();
+            assert_eq!(timed.train_rows, 800);
+            assert_eq!(timed.evaluated, 640..800);
+            assert_eq!(timed.evaluation.method, EvaluationMethod::HoldOut);
+            assert_eq!(timed.window, (0, 799));
+            assert_eq!(timed.probabilities.len(), 160);
+        }
+    }
+
+    #[test]
+    fn without_a_search_the_configured_parameters_train_as_they_are() {
+        let config = TrainingConfig {
+            cross_validation_max_rows: 0,
+            ..TrainingConfig::default()
+        };
+        let outcome = train(&dataset(800, true), &config, &NoProgress).unwrap();
+        assert_eq!(outcome.train_rows, 640);
+        assert_eq!(outcome.evaluated, 640..800);
+        assert!(outcome.tried.is_empty());
+        assert_eq!(outcome.params, config.params_json());
+        assert_eq!(outcome.window, (0, 639));
     }
 }

@@ -238,3 +238,55 @@ fn training_is_deterministic() {
         train_forest(&train, &y, &fp, &|_| {})
     );
 }
+
+#[test]
+fn compiled_ensemble_scores_what_the_trees_score_one_by_one() {
+    // 30 trees: three full groups of eight and a padded one. Rows with a
+    // missing number, an unseen category and values past every edge.
+    let (table, y) = toy(2000, 9);
+    let booster = train_boosting(
+        &table,
+        &y,
+        None,
+        &BoostingParams {
+            max_trees: 30,
+            ..BoostingParams::default()
+        },
+        &mut |_, _| {},
+    );
+    let forest = train_forest(
+        &table,
+        &y,
+        &ForestParams {
+            trees: 13,
+            ..ForestParams::default()
+        },
+        &|_| {},
+    );
+    let mut rows: Vec<Vec<f64>> = (0..200).map(|r| table.row(r)).collect();
+    rows.push(vec![f64::NAN, f64::NAN, f64::NAN]);
+    rows.push(vec![7.0, 300.0, -5.0]);
+    for row in &rows {
+        let one_by_one = booster.trees.iter().map(|t| t.predict(row)).sum::<f64>();
+        assert_eq!(
+            booster.margin(row),
+            booster.base_margin + one_by_one,
+            "{row:?}"
+        );
+        let mean = forest.trees.iter().map(|t| t.predict(row)).sum::<f64>() / 13.0;
+        assert_eq!(forest.raw_probability(row), mean, "{row:?}");
+        // The compiled attributions equal the trees' own, feature by feature.
+        let (mut compiled, mut own) = (vec![0.0; 3], vec![0.0; 3]);
+        let bias = booster.attribute(row, &mut compiled);
+        let own_bias = booster.base_margin
+            + booster
+                .trees
+                .iter()
+                .map(|t| t.attribute(row, &mut own))
+                .sum::<f64>();
+        assert!((bias - own_bias).abs() < 1e-12);
+        for (a, b) in compiled.iter().zip(&own) {
+            assert!((a - b).abs() < 1e-12, "{compiled:?} vs {own:?}");
+        }
+    }
+}
