@@ -112,6 +112,32 @@ fn leadflow_row(dataset: &Dataset, config: &TrainingConfig) -> (Row, usize, f64)
     }
     let score_us_per_row = started.elapsed().as_secs_f64() / holdout.len() as f64 * 1e6;
     assert!(checksum.is_finite());
+    // Where the time goes: encoding alone, and the trees followed one by one
+    // instead of the compiled walk.
+    if let leadflow::ml::model::Learner::GradientBoosting(b) = &outcome.model.learner {
+        let per_row =
+            |started: Instant| started.elapsed().as_secs_f64() / holdout.len() as f64 * 1e6;
+        let started = Instant::now();
+        let encoded: Vec<Vec<f64>> = holdout
+            .iter()
+            .map(|e| outcome.model.encoder.encode(&e.values))
+            .collect();
+        let encode_us = per_row(started);
+        let started = Instant::now();
+        let compiled: f64 = encoded.iter().map(|r| b.margin(r)).sum();
+        let compiled_us = per_row(started);
+        let started = Instant::now();
+        let one_by_one: f64 = encoded
+            .iter()
+            .map(|r| b.trees.iter().map(|t| t.predict(r)).sum::<f64>())
+            .sum();
+        let one_by_one_us = per_row(started);
+        assert!(compiled.is_finite() && one_by_one.is_finite());
+        eprintln!(
+            "scoring µs/row: encoding {encode_us:.2}, compiled trees {compiled_us:.2}, trees one by one {one_by_one_us:.2} ({} trees)",
+            b.trees.len()
+        );
+    }
     let trees = match &outcome.model.learner {
         leadflow::ml::model::Learner::GradientBoosting(b) => b.trees.len(),
         _ => 0,

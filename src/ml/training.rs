@@ -1,5 +1,9 @@
-//! Training data and the training run: point-in-time rows from closed leads
-//! (or a CSV file), a time-based hold-out, the learner, and its metrics.
+//! The training run: its configuration, the two ways rows are used (the
+//! configured parameters with a time-based hold-out on big data; the
+//! parameter search of `selection` and a refit on every row on small data),
+//! and the metrics. One file past 600 lines because the two paths and the
+//! outcome they fill are one contract, read together; the rows themselves
+//! live in `dataset`, the search in `selection`.
 
 use std::collections::BTreeMap;
 

@@ -76,7 +76,7 @@ impl Booster {
     }
 
     pub fn margin(&self, row: &[f64]) -> f64 {
-        self.base_margin + self.compiled.get(&self.trees).sum(row)
+        self.base_margin + self.compiled.get(&self.trees).sum(&self.binner, row)
     }
 
     /// The margin of the model cut to its first `trees` trees.
@@ -95,7 +95,11 @@ impl Booster {
     /// Per-feature contributions in log-odds; they sum with the returned bias
     /// to [`Booster::margin`].
     pub fn attribute(&self, row: &[f64], contributions: &mut [f64]) -> f64 {
-        self.base_margin + self.compiled.get(&self.trees).attribute(row, contributions)
+        self.base_margin
+            + self
+                .compiled
+                .get(&self.trees)
+                .attribute(&self.binner, row, contributions)
     }
 }
 

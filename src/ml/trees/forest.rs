@@ -58,7 +58,7 @@ pub struct Forest {
 impl Forest {
     /// The trees' mean leaf value, before calibration.
     pub fn raw_probability(&self, row: &[f64]) -> f64 {
-        self.compiled.get(&self.trees).sum(row) / self.trees.len().max(1) as f64
+        self.compiled.get(&self.trees).sum(&self.binner, row) / self.trees.len().max(1) as f64
     }
 
     pub fn probability(&self, row: &[f64]) -> f64 {
@@ -70,7 +70,10 @@ impl Forest {
     pub fn attribute(&self, row: &[f64], contributions: &mut [f64]) -> f64 {
         let scale = 1.0 / self.trees.len().max(1) as f64;
         let mut own = vec![0.0; contributions.len()];
-        let bias = self.compiled.get(&self.trees).attribute(row, &mut own);
+        let bias = self
+            .compiled
+            .get(&self.trees)
+            .attribute(&self.binner, row, &mut own);
         for (c, o) in contributions.iter_mut().zip(own) {
             *c += o * scale;
         }
