@@ -155,10 +155,15 @@ fn leadflow_row(dataset: &Dataset, config: &TrainingConfig) -> (Row, usize, f64)
     )
 }
 
-fn python_row(python: &str, csv: &Path, library: &str) -> Option<Row> {
+/// Runs one Python learner (`script args... --lib library`) in its own
+/// process and reads the JSON line it prints.
+fn python_json(
+    python: &str,
+    script_args: &[&std::ffi::OsStr],
+    library: &str,
+) -> Option<serde_json::Value> {
     let out = Command::new(python)
-        .args(["benches/ml/compare.py", "--csv"])
-        .arg(csv)
+        .args(script_args)
         .args(["--lib", library])
         .output()
         .ok()?;
@@ -166,7 +171,19 @@ fn python_row(python: &str, csv: &Path, library: &str) -> Option<Row> {
         eprintln!("{library} failed: {}", String::from_utf8_lossy(&out.stderr));
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn python_row(python: &str, csv: &Path, library: &str) -> Option<Row> {
+    let v = python_json(
+        python,
+        &[
+            "benches/ml/compare.py".as_ref(),
+            "--csv".as_ref(),
+            csv.as_os_str(),
+        ],
+        library,
+    )?;
     Some(Row {
         library: library.to_string(),
         roc_auc: v["roc_auc"].as_f64()?,
@@ -233,17 +250,16 @@ fn ours_on_splits(data: &Dataset, splits: &[Vec<usize>], model_type: ModelType) 
 }
 
 fn python_on_splits(python: &str, data: &Path, library: &str) -> Option<SplitScores> {
-    let out = Command::new(python)
-        .args(["benches/ml/small_data.py", "run", "--data"])
-        .arg(data)
-        .args(["--lib", library])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("{library} failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let v = python_json(
+        python,
+        &[
+            "benches/ml/small_data.py".as_ref(),
+            "run".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ],
+        library,
+    )?;
     Some(SplitScores {
         library: library.to_string(),
         roc_auc: v["roc_auc"].as_f64()?,

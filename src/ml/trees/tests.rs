@@ -41,6 +41,30 @@ fn toy(n: usize, seed: u64) -> (Table, Vec<f64>) {
     (table, y)
 }
 
+/// A booster of `trees` trees and a forest of `forest_trees`, both on `table`.
+fn both_models(table: &Table, y: &[f64], trees: usize, forest_trees: usize) -> (Booster, Forest) {
+    let booster = train_boosting(
+        table,
+        y,
+        None,
+        &BoostingParams {
+            max_trees: trees,
+            ..BoostingParams::default()
+        },
+        &mut |_, _| {},
+    );
+    let forest = train_forest(
+        table,
+        y,
+        &ForestParams {
+            trees: forest_trees,
+            ..ForestParams::default()
+        },
+        &|_| {},
+    );
+    (booster, forest)
+}
+
 fn accuracy(p: impl Fn(&[f64]) -> f64, table: &Table, y: &[f64]) -> f64 {
     (0..table.rows())
         .filter(|&r| (p(&table.row(r)) > 0.5) == (y[r] > 0.5))
@@ -91,25 +115,7 @@ fn forest_learns_the_same_rule() {
 #[test]
 fn attributions_sum_to_the_prediction_and_blame_the_right_feature() {
     let (train, y) = toy(4000, 3);
-    let booster = train_boosting(
-        &train,
-        &y,
-        None,
-        &BoostingParams {
-            max_trees: 60,
-            ..BoostingParams::default()
-        },
-        &mut |_, _| {},
-    );
-    let forest = train_forest(
-        &train,
-        &y,
-        &ForestParams {
-            trees: 30,
-            ..ForestParams::default()
-        },
-        &|_| {},
-    );
+    let (booster, forest) = both_models(&train, &y, 60, 30);
     let row = [0.9, 0.0, 0.3];
     let mut c = vec![0.0; 3];
     let bias = booster.attribute(&row, &mut c);
@@ -244,25 +250,7 @@ fn compiled_ensemble_scores_what_the_trees_score_one_by_one() {
     // 30 trees: three full groups of eight and a padded one. Rows with a
     // missing number, an unseen category and values past every edge.
     let (table, y) = toy(2000, 9);
-    let booster = train_boosting(
-        &table,
-        &y,
-        None,
-        &BoostingParams {
-            max_trees: 30,
-            ..BoostingParams::default()
-        },
-        &mut |_, _| {},
-    );
-    let forest = train_forest(
-        &table,
-        &y,
-        &ForestParams {
-            trees: 13,
-            ..ForestParams::default()
-        },
-        &|_| {},
-    );
+    let (booster, forest) = both_models(&table, &y, 30, 13);
     let mut rows: Vec<Vec<f64>> = (0..200).map(|r| table.row(r)).collect();
     rows.push(vec![f64::NAN, f64::NAN, f64::NAN]);
     rows.push(vec![7.0, 300.0, -5.0]);
