@@ -104,7 +104,8 @@ fn leadflow_row(dataset: &Dataset, config: &TrainingConfig) -> (Row, usize, f64)
     // Binning and trees, as the Python libraries' fit times them; the whole
     // run (encoding the feature rows, evaluating, profiling) is reported too.
     let train_seconds = outcome.fit_seconds;
-    let holdout = &dataset.examples[outcome.train_rows..];
+    // The rows the evaluation scored: the newest fifth for these timed rows.
+    let holdout = &dataset.examples[outcome.evaluated.clone()];
     let started = Instant::now();
     let mut checksum = 0.0;
     for e in holdout {

@@ -169,8 +169,19 @@ async fn main() {
         span.as_secs_f64(),
         (total - 1) as f64 / span.as_secs_f64().max(1e-9),
     );
+    // The worker paces its sends exactly (slots 1/rate apart, unit-tested in
+    // notify::limiter); what the fake provider sees also carries the
+    // scheduling jitter of a loaded 2-core machine (tens of ms), which a
+    // one-second window of arrivals counts as a few extra: 103 seen once in
+    // CI. A burst let through (a token bucket's) would show as up to twice
+    // the rate, so 5% over still fails on the fault this guards against.
+    let jitter_allowance = rate as usize / 20;
     assert!(
-        busiest <= rate as usize,
-        "{busiest} requests in one second, over the limit of {rate}"
+        busiest <= rate as usize + jitter_allowance,
+        "{busiest} requests in one second, over the limit of {rate} (+{jitter_allowance} for arrival jitter)"
+    );
+    assert!(
+        (total - 1) as f64 / span.as_secs_f64() <= rate as f64 * 1.01,
+        "the backlog drained faster than {rate}/s"
     );
 }
