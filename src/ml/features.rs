@@ -6,11 +6,14 @@
 //! before its closing stage change (`LeadState::pre_close`), evaluated at the
 //! close: nothing in them was known only after the outcome.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::core::apply::ScorePolicy;
 use crate::core::state::LeadState;
 use crate::events::{InteractionKind, Millis, MILLIS_PER_DAY};
+use crate::ml::derived::Derived;
 use crate::ml::table::ColumnKind;
 
 /// Custom attributes (LeadEvent.attributes) used as model features.
@@ -179,6 +182,10 @@ pub struct Encoder {
     pub features: Vec<FeatureDef>,
     /// Per feature (empty for numeric ones), categories by falling frequency.
     pub categories: Vec<Vec<String>>,
+    /// Per feature, category name to code: scoring looks a lead's
+    /// categories up once per event.
+    #[serde(skip)]
+    codes: Derived<Vec<HashMap<String, usize>>>,
 }
 
 /// Categories kept per feature; rarer ones encode as missing.
@@ -213,19 +220,31 @@ impl Encoder {
         Encoder {
             features,
             categories,
+            codes: Derived::default(),
         }
     }
 
     pub fn encode(&self, row: &[FeatureValue]) -> Vec<f64> {
+        let codes = self.codes.get_or_init(|| {
+            self.categories
+                .iter()
+                .map(|names| {
+                    names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (n.clone(), i))
+                        .collect()
+                })
+                .collect()
+        });
         row.iter()
             .enumerate()
             .map(|(i, v)| match v {
                 FeatureValue::Number(x) if x.is_finite() => *x,
                 FeatureValue::Number(_) => f64::NAN,
-                FeatureValue::Category(Some(c)) => self.categories[i]
-                    .iter()
-                    .position(|k| k == c)
-                    .map_or(f64::NAN, |p| p as f64),
+                FeatureValue::Category(Some(c)) => {
+                    codes[i].get(c.as_str()).map_or(f64::NAN, |p| *p as f64)
+                }
                 FeatureValue::Category(None) => f64::NAN,
             })
             .collect()

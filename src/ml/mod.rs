@@ -5,6 +5,7 @@
 
 pub mod csv_scoring;
 pub mod dataset;
+pub mod derived;
 pub mod drift;
 pub mod evaluation;
 pub mod features;

@@ -7,10 +7,9 @@
 //! depth of the deepest of the eight, so the eight chains of loads overlap
 //! instead of waiting on each other.
 
-use std::sync::OnceLock;
-
 use super::binning::Binner;
 use super::tree::{in_set, SplitRule, Tree};
+use crate::ml::derived::Derived;
 
 /// Trees walked together.
 const LANES: usize = 8;
@@ -155,37 +154,11 @@ impl CompiledTrees {
     }
 }
 
-/// A compiled form built on first use and never serialised: models are
-/// scored long after they were trained or loaded, and the trees do not
-/// change once trained. Two caches always compare equal (the cache is not
-/// part of what a model is), and a clone starts empty.
-#[derive(Default)]
-pub(super) struct CompiledCache(OnceLock<CompiledTrees>);
+/// The compiled form, built on first use (see [`Derived`]).
+pub(super) type CompiledCache = Derived<CompiledTrees>;
 
 impl CompiledCache {
     pub(super) fn get(&self, trees: &[Tree]) -> &CompiledTrees {
-        self.0.get_or_init(|| CompiledTrees::new(trees))
-    }
-}
-
-impl Clone for CompiledCache {
-    fn clone(&self) -> Self {
-        CompiledCache::default()
-    }
-}
-
-impl PartialEq for CompiledCache {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for CompiledCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "compiled"
-        } else {
-            "not compiled"
-        })
+        self.get_or_init(|| CompiledTrees::new(trees))
     }
 }
