@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["core::nurture"],
     &["core::apply"],
     &["core"],
-    &["ml::table"],
+    &["ml::table", "ml::derived"],
     &["ml::trees", "ml::linear"],
     &["ml"],
     &["config"],
