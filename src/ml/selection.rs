@@ -114,7 +114,7 @@ pub fn choose_boosting(
     base: &BoostingParams,
     on_fit: &(dyn Fn() + Sync),
 ) -> Chosen<BoostingParams> {
-    let mut best: Option<(f64, Chosen<BoostingParams>)> = None;
+    let mut best: Option<(f64, BoostingParams, Vec<f64>)> = None;
     let mut tried = Vec::new();
     for candidate in boosting_candidates(base) {
         let runs: Vec<_> = (0..folds.count)
@@ -165,20 +165,16 @@ pub fn choose_boosting(
             params: serde_json::to_value(&params).expect("plain data"),
             log_loss,
         });
-        if best.as_ref().is_none_or(|(b, _)| log_loss < *b) {
-            best = Some((
-                log_loss,
-                Chosen {
-                    params,
-                    held_out,
-                    tried: Vec::new(),
-                },
-            ));
+        if best.as_ref().is_none_or(|(b, ..)| log_loss < *b) {
+            best = Some((log_loss, params, held_out));
         }
     }
-    let (_, mut chosen) = best.expect("at least one candidate and one tree");
-    chosen.tried = tried;
-    chosen
+    let (_, params, held_out) = best.expect("at least one candidate and one tree");
+    Chosen {
+        params,
+        held_out,
+        tried,
+    }
 }
 
 /// Candidates for the forest: the configured leaf size, smaller and larger
@@ -271,7 +267,7 @@ pub fn choose_logistic(
     base: &LogisticParams,
     on_fit: &(dyn Fn() + Sync),
 ) -> Option<Chosen<LogisticParams>> {
-    let mut best: Option<(f64, Chosen<LogisticParams>)> = None;
+    let mut best: Option<(f64, LogisticParams, Vec<f64>)> = None;
     let mut tried = Vec::new();
     for candidate in logistic_candidates(base) {
         let runs: Vec<Option<(Vec<usize>, Vec<f64>)>> = (0..folds.count)
@@ -310,20 +306,16 @@ pub fn choose_logistic(
             params: serde_json::to_value(&candidate).expect("plain data"),
             log_loss,
         });
-        if complete && best.as_ref().is_none_or(|(b, _)| log_loss < *b) {
-            best = Some((
-                log_loss,
-                Chosen {
-                    params: candidate,
-                    held_out,
-                    tried: Vec::new(),
-                },
-            ));
+        if complete && best.as_ref().is_none_or(|(b, ..)| log_loss < *b) {
+            best = Some((log_loss, candidate, held_out));
         }
     }
-    let (_, mut chosen) = best?;
-    chosen.tried = tried;
-    Some(chosen)
+    let (_, params, held_out) = best?;
+    Some(Chosen {
+        params,
+        held_out,
+        tried,
+    })
 }
 
 #[cfg(test)]

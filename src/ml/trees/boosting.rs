@@ -183,12 +183,18 @@ impl Boosted {
     }
 }
 
+/// Whether a validation loss counts as better than `best`: by more than
+/// 1e-7, so that rounding noise neither extends nor restarts a run.
+fn improves(loss: f64, best: f64) -> bool {
+    loss < best - 1e-7
+}
+
 /// How many of a loss curve's points lead to its first minimum (improvements
 /// under 1e-7 do not count), `None` for an empty curve.
 pub fn best_prefix(losses: &[f64]) -> Option<usize> {
     let mut best: Option<(f64, usize)> = None;
     for (i, loss) in losses.iter().enumerate() {
-        if best.is_none_or(|(b, _)| *loss < b - 1e-7) {
+        if best.is_none_or(|(b, _)| improves(*loss, b)) {
             best = Some((*loss, i + 1));
         }
     }
@@ -333,7 +339,7 @@ pub fn boost(
             let loss = log_loss_of(&valid_margins, vy);
             valid_loss = Some(loss);
             valid_losses.push(loss);
-            if loss < best.0 - 1e-7 {
+            if improves(loss, best.0) {
                 best = (loss, iteration + 1);
             }
         }
