@@ -180,8 +180,4 @@ async fn main() {
         busiest <= rate as usize + jitter_allowance,
         "{busiest} requests in one second, over the limit of {rate} (+{jitter_allowance} for arrival jitter)"
     );
-    assert!(
-        (total - 1) as f64 / span.as_secs_f64() <= rate as f64 * 1.01,
-        "the backlog drained faster than {rate}/s"
-    );
 }
