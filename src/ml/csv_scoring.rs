@@ -18,6 +18,9 @@ pub enum CsvScoringError {
     Io(#[from] std::io::Error),
 }
 
+/// Rows read, then scored together.
+const CHUNK_ROWS: usize = 8192;
+
 /// Copies `input` to `output` with `conversion_probability` added; returns
 /// the rows scored.
 pub fn score_csv(
@@ -44,38 +47,59 @@ pub fn score_csv(
     out_headers.push_field("conversion_probability");
     writer.write_record(&out_headers)?;
     let mut rows = 0;
-    for (i, record) in reader.records().enumerate() {
-        let line = i + 2;
-        let mut record = record.map_err(|source| CsvScoringError::Row { line, source })?;
-        let values: Vec<FeatureValue> = model
-            .encoder
-            .features
-            .iter()
-            .zip(&columns)
-            .map(|(f, c)| {
-                let raw = c.and_then(|c| record.get(c)).unwrap_or("").trim();
-                match f.kind {
-                    ColumnKind::Numeric => FeatureValue::Number(if raw.is_empty() {
-                        f64::NAN
-                    } else {
-                        raw.parse().unwrap_or_else(|_| {
-                            warn(format!(
-                                "line {line}: {} `{raw}` is not a number; scored as missing",
-                                f.name
-                            ));
-                            f64::NAN
-                        })
-                    }),
-                    ColumnKind::Categorical => {
-                        FeatureValue::Category((!raw.is_empty()).then(|| raw.to_string()))
-                    }
-                }
-            })
-            .collect();
-        record.push_field(&format!("{:.6}", model.probability(&values)));
-        writer.write_record(&record)?;
-        rows += 1;
+    let mut records = reader.records().enumerate().peekable();
+    while records.peek().is_some() {
+        // Parsing and warnings in file order, scoring a chunk at a time
+        // across the cores.
+        let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+        let mut values = Vec::with_capacity(CHUNK_ROWS);
+        for (i, record) in records.by_ref().take(CHUNK_ROWS) {
+            let line = i + 2;
+            let record = record.map_err(|source| CsvScoringError::Row { line, source })?;
+            values.push(feature_values(model, &columns, &record, line, warn));
+            chunk.push(record);
+        }
+        for (mut record, p) in chunk.into_iter().zip(model.probabilities(&values)) {
+            record.push_field(&format!("{p:.6}"));
+            writer.write_record(&record)?;
+            rows += 1;
+        }
     }
     writer.flush()?;
     Ok(rows)
+}
+
+/// A record's features in the model's order, found by column.
+fn feature_values(
+    model: &TrainedModel,
+    columns: &[Option<usize>],
+    record: &csv::StringRecord,
+    line: usize,
+    warn: &mut dyn FnMut(String),
+) -> Vec<FeatureValue> {
+    model
+        .encoder
+        .features
+        .iter()
+        .zip(columns)
+        .map(|(f, c)| {
+            let raw = c.and_then(|c| record.get(c)).unwrap_or("").trim();
+            match f.kind {
+                ColumnKind::Numeric => FeatureValue::Number(if raw.is_empty() {
+                    f64::NAN
+                } else {
+                    raw.parse().unwrap_or_else(|_| {
+                        warn(format!(
+                            "line {line}: {} `{raw}` is not a number; scored as missing",
+                            f.name
+                        ));
+                        f64::NAN
+                    })
+                }),
+                ColumnKind::Categorical => {
+                    FeatureValue::Category((!raw.is_empty()).then(|| raw.to_string()))
+                }
+            }
+        })
+        .collect()
 }

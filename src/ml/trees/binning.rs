@@ -48,14 +48,6 @@ impl Binner {
         }
     }
 
-    /// One row's bins.
-    pub fn bin_row(&self, row: &[f64]) -> Vec<u8> {
-        row.iter()
-            .enumerate()
-            .map(|(f, v)| self.bin(f, *v))
-            .collect()
-    }
-
     /// Bins in use by a feature (including the missing bin).
     pub(super) fn bin_count(&self, feature: usize) -> usize {
         match self.kinds[feature] {

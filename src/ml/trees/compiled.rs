@@ -33,7 +33,13 @@ pub(super) struct CompiledTrees {
     roots: Vec<u32>,
     /// Per group of eight trees, the depth of its deepest.
     group_depths: Vec<usize>,
+    /// The features some tree splits on, the only ones a row needs binned.
+    used_features: Vec<usize>,
 }
+
+/// Rows this wide are binned on the stack; wider ones (rare: a feature per
+/// column of a wide CSV) on the heap.
+const STACK_FEATURES: usize = 256;
 
 impl CompiledTrees {
     pub(super) fn new(trees: &[Tree]) -> CompiledTrees {
@@ -77,13 +83,40 @@ impl CompiledTrees {
             .map(|group| group.iter().map(Tree::depth).max().unwrap_or(0))
             .collect();
         roots.resize(trees.len().next_multiple_of(LANES), 0);
+        let mut used_features: Vec<usize> = trees
+            .iter()
+            .flat_map(|t| &t.nodes)
+            .filter_map(|n| n.split.as_ref().map(|s| s.feature as usize))
+            .collect();
+        used_features.sort_unstable();
+        used_features.dedup();
         CompiledTrees {
             nodes,
             values,
             sets,
             roots,
             group_depths,
+            used_features,
         }
+    }
+
+    /// Calls `walk_bins` with the row's bins; features no tree splits on are
+    /// left at 0 (no node reads them). Scoring runs once per event, so the
+    /// bins live on the stack rather than in a fresh allocation.
+    #[inline(always)]
+    fn with_bins<T>(&self, binner: &Binner, row: &[f64], walk_bins: impl FnOnce(&[u8]) -> T) -> T {
+        let mut stack = [0u8; STACK_FEATURES];
+        let mut heap = Vec::new();
+        let bins: &mut [u8] = if row.len() <= STACK_FEATURES {
+            &mut stack[..row.len()]
+        } else {
+            heap.resize(row.len(), 0);
+            &mut heap
+        };
+        for &f in &self.used_features {
+            bins[f] = binner.bin(f, row[f]);
+        }
+        walk_bins(bins)
     }
 
     #[inline(always)]
@@ -120,36 +153,39 @@ impl CompiledTrees {
     /// The trees' predictions summed in tree order (the same bits as
     /// summing [`Tree::predict`] one tree after another).
     pub(super) fn sum(&self, binner: &Binner, row: &[f64]) -> f64 {
-        let bins = binner.bin_row(row);
-        let mut total = 0.0;
-        self.walk(
-            &bins,
-            |_, _| {},
-            |leaves| {
-                for leaf in leaves {
-                    total += self.values[*leaf as usize];
-                }
-            },
-        );
-        total
+        self.with_bins(binner, row, |bins| {
+            let mut total = 0.0;
+            self.walk(
+                bins,
+                |_, _| {},
+                |leaves| {
+                    for leaf in leaves {
+                        total += self.values[*leaf as usize];
+                    }
+                },
+            );
+            total
+        })
     }
 
     /// Adds the value change at every split on each tree's path to the
     /// split's feature and returns the sum of the root values, so that the
     /// two add up to [`CompiledTrees::sum`] (up to rounding).
     pub(super) fn attribute(&self, binner: &Binner, row: &[f64], contributions: &mut [f64]) -> f64 {
-        let bins = binner.bin_row(row);
         // Padding roots are node 0, worth 0.
         let bias = self.roots.iter().map(|&r| self.values[r as usize]).sum();
-        self.walk(
-            &bins,
-            |from, to| {
-                let feature = self.nodes[from as usize].feature as usize;
-                // A leaf steps to itself: the change is exactly 0.
-                contributions[feature] += self.values[to as usize] - self.values[from as usize];
-            },
-            |_| {},
-        );
+        self.with_bins(binner, row, |bins| {
+            self.walk(
+                bins,
+                |from, to| {
+                    let feature = self.nodes[from as usize].feature as usize;
+                    // A leaf steps to itself: the change is exactly 0.
+                    contributions[feature] +=
+                        self.values[to as usize] - self.values[from as usize];
+                },
+                |_| {},
+            )
+        });
         bias
     }
 }
