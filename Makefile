@@ -72,27 +72,30 @@ test-venv: $(TEST_VENV)/.installed
 test: broker postgres test-venv
 	@# The benchmark's smoke run first (cargo test passes no --bench), so
 	@# that the test suite's own summary closes the output.
-	$(CARGO) test --bench throughput --bench models --bench nurture --bench notify
+	$(CARGO) test --bench throughput --bench models --bench nurture --bench notify --bench forecast
 	$(CARGO) test --lib --bins --tests -- --test-threads 4
 
 # Python side of the model benchmark: scikit-learn and LightGBM in a venv of
 # its own, created once and reused.
 BENCH_VENV ?= $(HOME)/.cache/leadflow/bench-venv
 
-$(BENCH_VENV)/.installed-v2:
+$(BENCH_VENV)/.installed-v3:
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet scikit-learn lightgbm pandas
 	@# ISLP only for its data files (benches/ml/small_data.py reads them without importing it).
 	$(BENCH_VENV)/bin/pip install --quiet --no-deps ISLP
+	@# statsforecast: the forecast benchmark's AutoETS anchor.
+	$(BENCH_VENV)/bin/pip install --quiet statsforecast
 	touch $@
 
-bench: broker postgres $(BENCH_VENV)/.installed-v2
+bench: broker postgres $(BENCH_VENV)/.installed-v3
 	$(CARGO) bench --bench throughput
 	$(CARGO) bench --bench nurture
 	$(CARGO) bench --bench notify
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python LEADFLOW_BENCH_GBC_MAX_ROWS=$(BENCH_GBC_MAX_ROWS) \
 		$(CARGO) bench --bench models -- --rows $(BENCH_MODEL_ROWS)
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python $(CARGO) bench --bench models -- --small
+	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python $(CARGO) bench --bench forecast
 
 # Coverage-guided fuzzing of the decode path (fuzz/fuzz_targets/decode.rs)
 # for FUZZ_SECONDS, with libFuzzer through cargo-fuzz on stable Rust

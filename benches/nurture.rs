@@ -26,6 +26,7 @@ async fn main() {
     let days = env_or("BENCH_NURTURE_DAYS", 90, 45);
     let started = Instant::now();
     let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 2026,
         leads,

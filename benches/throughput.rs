@@ -165,6 +165,7 @@ async fn main() {
         None => 50,
     };
     let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 99,
         leads,

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod events;
+pub mod forecast;
 pub mod import;
 pub mod kafka;
 pub mod metrics;

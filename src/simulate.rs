@@ -37,6 +37,10 @@ pub struct SimulationParams {
     /// Share of new leads per source, replacing the built-in mix (relative
     /// weights; empty: the built-in mix). Shifting it is how tests simulate drift.
     pub source_shares: BTreeMap<String, f64>,
+    /// How much more often a lead arrives on the last day than on the
+    /// first (0: evenly; 1: twice as often), the trend a lead-volume
+    /// forecast has to follow.
+    pub inflow_growth: f64,
 }
 
 impl SimulationParams {
@@ -69,6 +73,12 @@ impl SimulationParams {
                     "--source-mix: share of {source} must be zero or more"
                 ));
             }
+        }
+        if !(self.inflow_growth.is_finite() && (0.0..=100.0).contains(&self.inflow_growth)) {
+            return Err(format!(
+                "--inflow-growth {} must be between 0 and 100",
+                self.inflow_growth
+            ));
         }
         if !self.source_shares.is_empty() && self.source_shares.values().sum::<f64>() <= 0.0 {
             return Err("--source-mix: the shares add up to zero".into());
@@ -316,9 +326,18 @@ fn simulate_lead(params: &SimulationParams, index: u32) -> Vec<(Millis, u32, Inp
     let quality =
         sigmoid(-0.9 + source.quality + industry_effect + size_effect + 0.8 * normal(&mut rng));
 
-    // Arrival: uniform over the window, thinned on weekends, in office hours.
+    // Arrival: uniform over the window (thinned towards its start when the
+    // inflow grows; no extra draw otherwise, so those streams stay as they
+    // were), thinned on weekends, in office hours.
     let created = loop {
         let day = rng.random_range(0..params.days) as Millis;
+        let growth = params.inflow_growth;
+        if growth > 0.0
+            && rng.random::<f64>() * (1.0 + growth)
+                > 1.0 + growth * day as f64 / params.days as f64
+        {
+            continue;
+        }
         let weekday = (params.start / MILLIS_PER_DAY + day + 4) % 7; // 0 = Sunday
         let weekend = weekday == 0 || weekday == 6;
         if !weekend || rng.random::<f64>() < 0.4 {
@@ -607,6 +626,7 @@ mod tests {
 
     fn params() -> SimulationParams {
         SimulationParams {
+            inflow_growth: 0.0,
             source_shares: Default::default(),
             seed: 7,
             leads: 300,
@@ -619,11 +639,39 @@ mod tests {
     fn same_parameters_give_the_same_stream() {
         assert_eq!(generate(&params()), generate(&params()));
         let other = SimulationParams {
-            source_shares: Default::default(),
             seed: 8,
             ..params()
         };
         assert_ne!(generate(&params()), generate(&other));
+    }
+
+    #[test]
+    fn growing_inflow_brings_more_leads_late_than_early() {
+        let created_in_second_half = |growth: f64| {
+            let p = SimulationParams {
+                inflow_growth: growth,
+                leads: 3000,
+                ..params()
+            };
+            let middle = p.start + p.days as Millis / 2 * MILLIS_PER_DAY;
+            generate(&p)
+                .iter()
+                .filter(|e| matches!(e, InputEvent::Lead(l) if l.kind == LeadEventKind::Created))
+                .filter(|e| e.occurred_at() >= middle)
+                .count() as f64
+                / 3000.0
+        };
+        let even = created_in_second_half(0.0);
+        assert!((0.46..0.54).contains(&even), "{even}");
+        // Density 1 + 2t over t in [0, 1]: 1.25 of 2 in the second half.
+        let growing = created_in_second_half(2.0);
+        assert!((0.59..0.66).contains(&growing), "{growing}");
+        assert!(SimulationParams {
+            inflow_growth: -1.0,
+            ..params()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
@@ -651,6 +699,7 @@ mod tests {
     #[test]
     fn wins_depend_on_hidden_quality_through_sources() {
         let p = SimulationParams {
+            inflow_growth: 0.0,
             source_shares: Default::default(),
             seed: 1,
             leads: 4_000,

@@ -494,6 +494,7 @@ async fn hostile_input_is_dead_lettered_and_good_input_applied<S: LeadStore + 's
     kafka::create_topics(&config).await.unwrap();
 
     let simulated = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 11,
         leads: 20,

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["core"],
     &["ml::table", "ml::derived"],
     &["ml::trees", "ml::linear"],
-    &["ml"],
+    &["ml", "forecast"],
     &["config"],
     &["store"],
     &["registry"],

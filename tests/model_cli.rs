@@ -85,6 +85,7 @@ async fn import_train_list_evaluate_and_score_from_the_command_line() {
     let scratch = scratch_db.store().await;
     let config = common::test_config(&scratch_db.url);
     let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 51,
         leads: 2500,

@@ -26,6 +26,7 @@ const JAN_2026: i64 = 1_767_225_600_000;
 
 fn stream(seed: u64, leads: u32, days: u32, start: i64) -> Vec<InputEvent> {
     simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed,
         leads,
@@ -355,6 +356,7 @@ async fn source_drift_raises_psi_and_retrains<S: LeadStore + 'static>(store: Arc
 
     // New leads now come mostly from social and paid search.
     let shifted = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: [
             ("social".to_string(), 3.0),
             ("paid_search".to_string(), 1.0),

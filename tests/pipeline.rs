@@ -124,6 +124,7 @@ async fn simulated_stream_lands_in_the_store<S: LeadStore + 'static>(store: Arc<
         .await
         .expect("create topics (is the broker up? `make broker`)");
     let params = SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 11,
         leads: 120,
@@ -234,6 +235,7 @@ async fn redelivered_messages_change_nothing<S: LeadStore + 'static>(store: Arc<
     let config = test_config(url);
     kafka::create_topics(&config).await.unwrap();
     let params = SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 5,
         leads: 20,
@@ -274,6 +276,7 @@ async fn poison_messages_are_dead_lettered<S: LeadStore + 'static>(store: Arc<S>
     config.processor.max_message_bytes = 64 * 1024;
     kafka::create_topics(&config).await.unwrap();
     let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 3,
         leads: 15,
@@ -446,6 +449,7 @@ async fn metrics_endpoint_reports_the_run() {
     let config = test_config(&db.url);
     kafka::create_topics(&config).await.unwrap();
     let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed: 4,
         leads: 10,

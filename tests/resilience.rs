@@ -123,6 +123,7 @@ async fn assert_equals_clean_run<S: LeadStore>(store: &S, config: &Config, clean
 async fn publish(config: &Config, seed: u64, leads: u32) -> Vec<leadflow::events::InputEvent> {
     kafka::create_topics(config).await.unwrap();
     let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed,
         leads,
@@ -245,6 +246,7 @@ async fn start_mid_stream<S: LeadStore + 'static, O: LeadStore>(
 ) {
     kafka::create_topics(config).await.unwrap();
     let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.0,
         source_shares: Default::default(),
         seed,
         leads: 200,

@@ -2,6 +2,7 @@
 //! and calling the library. Errors end here, as `anyhow` reports them.
 
 mod experiments;
+mod forecast;
 mod import;
 mod leads;
 mod model;
@@ -65,6 +66,9 @@ enum Command {
     /// A/B tests of nurturing sequences: per variant, leads enrolled, replies
     /// and closed_won, with lift and a two-proportion test against the control.
     Experiments(experiments::ExperimentsArgs),
+    /// Forecasts on demand (lead generation per day) and their backtests.
+    #[command(subcommand)]
+    Forecast(forecast::ForecastCommand),
 }
 
 /// Parses the command line, loads the configuration and runs the command.
@@ -90,6 +94,7 @@ async fn dispatch(command: Command, config: Config) -> Result<()> {
         Command::Model(command) => model::model(config, command).await,
         Command::Import(args) => import::import(config, args).await,
         Command::Experiments(args) => experiments::experiments(config, args).await,
+        Command::Forecast(command) => forecast::forecast(config, command).await,
     }
 }
 

@@ -38,6 +38,10 @@ pub(crate) struct SimulateArgs {
     /// Replace the built-in source mix, e.g. `social=3,paid_search=1` (relative weights).
     #[arg(long, value_name = "SOURCE=WEIGHT,...", value_delimiter = ',')]
     pub(crate) source_mix: Vec<String>,
+    /// How much more often leads arrive on the last day than on the first
+    /// (0: evenly; 1: twice as often by the end).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) inflow_growth: f64,
 }
 
 pub(crate) async fn simulate(config: Config, args: SimulateArgs) -> Result<()> {
@@ -52,6 +56,7 @@ pub(crate) async fn simulate(config: Config, args: SimulateArgs) -> Result<()> {
     let source_shares = simulate::parse_source_mix(&args.source_mix)
         .map_err(|e| anyhow::anyhow!("--source-mix: {e}"))?;
     let params = SimulationParams {
+        inflow_growth: args.inflow_growth,
         source_shares,
         seed: args.seed,
         leads: args.leads,

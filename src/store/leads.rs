@@ -106,6 +106,17 @@ store_concern! {
             rows.iter().map(|(id, json)| decode_state(id, json)).collect()
         }
 
+        /// Leads created per UTC day (days since 1970-01-01), oldest first;
+        /// days without a lead are absent.
+        async fn leads_created_per_day(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT created_at / 86400000 AS day, COUNT(*) FROM leads
+                 WHERE created_at IS NOT NULL GROUP BY day ORDER BY day",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        }
+
         async fn newest_update(&self) -> Result<Option<i64>, StoreError> {
             Ok(sqlx::query_scalar("SELECT MAX(updated_at) FROM leads")
                 .fetch_one(&self.pool)
