@@ -71,6 +71,24 @@ store_concern! {
             .await?)
         }
 
+        /// Whole lead states ordered by id, `limit` from `after`
+        /// (exclusive; "" for the start).
+        async fn lead_states_page(
+            &self,
+            after: &str,
+            limit: i64,
+        ) -> Result<Vec<LeadState>, StoreError> {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT lead_ext_id, state FROM leads WHERE lead_ext_id > $1
+                 ORDER BY lead_ext_id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(|(id, json)| decode_state(id, json)).collect()
+        }
+
         /// Closed leads whose close (stage_entered_at) is at or after `since`.
         async fn closed_leads(&self, since: i64) -> Result<Vec<LeadState>, StoreError> {
             let rows: Vec<(String, String)> = sqlx::query_as(

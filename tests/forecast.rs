@@ -1,0 +1,251 @@
+//! `leadflow forecast` as a user runs it: on a daily CSV (good, damaged, too
+//! short) and on the leads a replay of simulated traffic left in the
+//! database, SQLite and PostgreSQL alike.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use chrono::{Days, NaiveDate};
+use common::{TestPg, TestSqlite};
+use leadflow::events::MILLIS_PER_DAY;
+use leadflow::simulate::{self, SimulationParams};
+use leadflow::store::prelude::*;
+
+fn leadflow(db: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_leadflow"))
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("LEADFLOW_LOG", "warn")
+        .output()
+        .expect("run leadflow")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A weekday-shaped series with a trend: busy weekdays, quiet weekends
+/// (Sundays without a lead at all).
+fn daily_csv(days: usize) -> String {
+    let start = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(); // a Monday
+    let mut csv = String::from("date,count\n");
+    for day in 0..days {
+        let weekday = day % 7;
+        let base = [12, 14, 13, 12, 10, 3, 0][weekday] as f64;
+        let count = (base * (1.0 + day as f64 / 200.0) + ((day * 7919) % 5) as f64 - 2.0)
+            .max(0.0)
+            .round();
+        if weekday == 6 {
+            continue; // a missing day is a day without leads
+        }
+        csv.push_str(&format!("{},{count}\n", start + Days::new(day as u64)));
+    }
+    csv
+}
+
+#[test]
+fn a_daily_csv_is_forecast_and_a_bad_or_short_one_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestSqlite::new();
+    let good = dir.path().join("daily.csv");
+    std::fs::write(&good, daily_csv(141)).unwrap();
+    let out_path = dir.path().join("out.csv");
+    let run = leadflow(
+        &db.url,
+        &[
+            "forecast",
+            "lead-generation",
+            "--input",
+            good.to_str().unwrap(),
+            "--horizon",
+            "14",
+            "--output",
+            out_path.to_str().unwrap(),
+        ],
+    );
+    let (_, err) = text(&run);
+    assert!(run.status.success(), "{err}");
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("date,forecast,lower_80,upper_80,lower_95,upper_95")
+    );
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 14);
+    assert_eq!(rows[0][0], "2026-05-26", "the day after the last one given");
+    for row in &rows {
+        let v: Vec<f64> = row[1..].iter().map(|c| c.parse().unwrap()).collect();
+        let (f, l80, u80, l95, u95) = (v[0], v[1], v[2], v[3], v[4]);
+        assert!(l95 <= l80 && l80 <= f && f <= u80 && u80 <= u95, "{row:?}");
+        assert!(l95 >= 0.0, "no negative leads: {row:?}");
+    }
+    // Sundays (2026-05-31) are forecast near zero, weekdays well above.
+    let sunday = rows.iter().find(|r| r[0] == "2026-05-31").unwrap();
+    let monday = rows.iter().find(|r| r[0] == "2026-06-01").unwrap();
+    let value = |r: &Vec<String>| r[1].parse::<f64>().unwrap();
+    assert!(value(sunday) < 2.0 && value(monday) > 10.0, "{sunday:?} {monday:?}");
+
+    let refused = |body: String| {
+        let path = dir.path().join("bad.csv");
+        std::fs::write(&path, body).unwrap();
+        let run = leadflow(
+            &db.url,
+            &["forecast", "lead-generation", "--input", path.to_str().unwrap()],
+        );
+        assert!(!run.status.success(), "a bad file must not be forecast");
+        assert!(run.stdout.is_empty(), "nothing invented on standard output");
+        text(&run).1
+    };
+    let mut bad_date = daily_csv(141);
+    bad_date.push_str("2026-02-30,4\n");
+    let err = refused(bad_date);
+    let bad_line = daily_csv(141).lines().count() + 1;
+    assert!(
+        err.contains(&format!(
+            "line {bad_line}: date `2026-02-30` is not an ISO date (YYYY-MM-DD)"
+        )),
+        "{err}"
+    );
+    let negative = daily_csv(141).replacen("2026-01-06,16", "2026-01-06,-3", 1);
+    assert_ne!(negative, daily_csv(141), "the row to damage exists");
+    let err = refused(negative);
+    assert!(err.contains("line 3: count -3 is negative"), "{err}");
+    let err = refused(daily_csv(141).replacen("date,count", "day,count", 1));
+    assert!(
+        err.contains("the header must name the columns `date` and `count`; it has: day,count"),
+        "{err}"
+    );
+    let err = refused(daily_csv(40));
+    assert!(
+        err.contains("the series has 40 days; forecasting 14 days ahead")
+            && err.contains("needs at least 61"),
+        "{err}"
+    );
+}
+
+/// Simulated traffic with a weekly rhythm and growing inflow, replayed into
+/// the database at `url`.
+async fn replayed<S: LeadStore>(url: &str, store: &S) -> i64 {
+    let config = common::test_config(url);
+    let start = 1_767_225_600_000; // 2026-01-01
+    let events = simulate::generate(&SimulationParams {
+        inflow_growth: 1.0,
+        source_shares: Default::default(),
+        seed: 16,
+        leads: 4000,
+        days: 200,
+        start,
+    });
+    leadflow::pipeline::replay::replay(&config, store, events)
+        .await
+        .unwrap();
+    start
+}
+
+fn json(db: &str, args: &[&str]) -> serde_json::Value {
+    let run = leadflow(db, args);
+    let (out, err) = text(&run);
+    assert!(run.status.success(), "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
+    let start = replayed(url, store).await;
+    let mut open = 0usize;
+    let mut after = String::new();
+    loop {
+        let page = store.lead_states_page(&after, 1000).await.unwrap();
+        open += page.iter().filter(|l| !l.stage.is_closed()).count();
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = last.lead_ext_id.clone(),
+            _ => break,
+        }
+    }
+
+    let value = json(url, &["forecast", "pipeline-value", "--json"]);
+    assert_eq!(value["open_leads"].as_u64().unwrap() as usize, open);
+    let f = |k: &str| value[k].as_f64().unwrap();
+    assert!(f("forecasted_value") > 0.0);
+    assert!(f("forecasted_value") < f("current_pipeline_value"));
+    assert!(f("forecasted_within_horizon") <= f("forecasted_value"));
+    let interval = &value["intervals"][0];
+    assert_eq!(interval["level"], 0.8);
+    let (lower, upper) = (interval["lower"].as_f64().unwrap(), interval["upper"].as_f64().unwrap());
+    assert!(lower < f("forecasted_value") && f("forecasted_value") < upper, "{interval}");
+    let expected_by_source: f64 = value["by_source"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|g| g["expected_value"].as_f64().unwrap())
+        .sum();
+    assert!((expected_by_source - f("forecasted_value")).abs() < 1e-6 * f("forecasted_value"));
+    assert!(
+        (f("historical_estimate") - f("conversion_rate") * f("avg_deal_value") * open as f64).abs()
+            < 1e-6 * f("historical_estimate")
+    );
+    // Same data, same figures: the Monte Carlo has a fixed seed.
+    assert_eq!(json(url, &["forecast", "pipeline-value", "--json"]), value);
+
+    let close = json(url, &["forecast", "time-to-close", "--json"]);
+    let overall = &close["overall"];
+    assert_eq!(overall["open"].as_u64().unwrap() as usize, open);
+    let q = |o: &serde_json::Value, k: &str| o[k].as_f64().unwrap();
+    let won = &overall["to_win"];
+    assert!(q(won, "p25") <= q(won, "median") && q(won, "median") <= q(won, "p75"));
+    assert!(q(won, "p75") <= q(won, "p90"));
+    assert!(close["by_source"].as_object().unwrap().len() >= 3);
+    assert!(close["from_stage"]["negotiation"]["any_close"]["median"].as_f64().unwrap()
+        < overall["any_close"]["median"].as_f64().unwrap(),
+        "deals in negotiation are closer to a close than new leads");
+
+    // A forecast made on day 100 sees only what had happened by then.
+    let at = chrono::DateTime::from_timestamp_millis(start + 100 * MILLIS_PER_DAY)
+        .unwrap()
+        .to_rfc3339();
+    let earlier = json(url, &["forecast", "time-to-close", "--json", "--at", &at]);
+    assert!(
+        earlier["overall"]["observations"].as_u64() < overall["observations"].as_u64(),
+        "leads created after the forecast's time are not counted"
+    );
+
+    let backtest = json(
+        url,
+        &["forecast", "backtest", "--json", "--origins", "20", "--step", "4"],
+    );
+    let lead_generation = &backtest["lead_generation"];
+    assert!(
+        lead_generation["mase"].as_f64().unwrap()
+            <= lead_generation["seasonal_naive_mase"].as_f64().unwrap()
+    );
+    let pipeline = &backtest["pipeline_value"];
+    assert_eq!(pipeline["origins"].as_array().unwrap().len(), 20);
+    let held_80 = pipeline["coverage"][0][1].as_f64().unwrap();
+    assert!(
+        (0.5..=1.0).contains(&held_80),
+        "the 80% interval held at {held_80} of 20 past origins"
+    );
+    for origin in pipeline["origins"].as_array().unwrap() {
+        assert!(origin["wins"].as_u64().unwrap() > 0, "{origin}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecasts_from_a_sqlite_store() {
+    let db = TestSqlite::new();
+    let store = db.store().await;
+    forecasts_from_the_store(&db.url, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecasts_from_a_postgres_store() {
+    let db = TestPg::new().await;
+    let store = db.store().await;
+    forecasts_from_the_store(&db.url, &store).await;
+}
