@@ -333,8 +333,7 @@ fn simulate_lead(params: &SimulationParams, index: u32) -> Vec<(Millis, u32, Inp
         let day = rng.random_range(0..params.days) as Millis;
         let growth = params.inflow_growth;
         if growth > 0.0
-            && rng.random::<f64>() * (1.0 + growth)
-                > 1.0 + growth * day as f64 / params.days as f64
+            && rng.random::<f64>() * (1.0 + growth) > 1.0 + growth * day as f64 / params.days as f64
         {
             continue;
         }

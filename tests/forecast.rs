@@ -90,14 +90,22 @@ fn a_daily_csv_is_forecast_and_a_bad_or_short_one_is_refused_with_the_reason() {
     let sunday = rows.iter().find(|r| r[0] == "2026-05-31").unwrap();
     let monday = rows.iter().find(|r| r[0] == "2026-06-01").unwrap();
     let value = |r: &Vec<String>| r[1].parse::<f64>().unwrap();
-    assert!(value(sunday) < 2.0 && value(monday) > 10.0, "{sunday:?} {monday:?}");
+    assert!(
+        value(sunday) < 2.0 && value(monday) > 10.0,
+        "{sunday:?} {monday:?}"
+    );
 
     let refused = |body: String| {
         let path = dir.path().join("bad.csv");
         std::fs::write(&path, body).unwrap();
         let run = leadflow(
             &db.url,
-            &["forecast", "lead-generation", "--input", path.to_str().unwrap()],
+            &[
+                "forecast",
+                "lead-generation",
+                "--input",
+                path.to_str().unwrap(),
+            ],
         );
         assert!(!run.status.success(), "a bad file must not be forecast");
         assert!(run.stdout.is_empty(), "nothing invented on standard output");
@@ -177,8 +185,14 @@ async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
     assert!(f("forecasted_within_horizon") <= f("forecasted_value"));
     let interval = &value["intervals"][0];
     assert_eq!(interval["level"], 0.8);
-    let (lower, upper) = (interval["lower"].as_f64().unwrap(), interval["upper"].as_f64().unwrap());
-    assert!(lower < f("forecasted_value") && f("forecasted_value") < upper, "{interval}");
+    let (lower, upper) = (
+        interval["lower"].as_f64().unwrap(),
+        interval["upper"].as_f64().unwrap(),
+    );
+    assert!(
+        lower < f("forecasted_value") && f("forecasted_value") < upper,
+        "{interval}"
+    );
     let expected_by_source: f64 = value["by_source"]
         .as_object()
         .unwrap()
@@ -201,9 +215,13 @@ async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
     assert!(q(won, "p25") <= q(won, "median") && q(won, "median") <= q(won, "p75"));
     assert!(q(won, "p75") <= q(won, "p90"));
     assert!(close["by_source"].as_object().unwrap().len() >= 3);
-    assert!(close["from_stage"]["negotiation"]["any_close"]["median"].as_f64().unwrap()
-        < overall["any_close"]["median"].as_f64().unwrap(),
-        "deals in negotiation are closer to a close than new leads");
+    assert!(
+        close["from_stage"]["negotiation"]["any_close"]["median"]
+            .as_f64()
+            .unwrap()
+            < overall["any_close"]["median"].as_f64().unwrap(),
+        "deals in negotiation are closer to a close than new leads"
+    );
 
     // A forecast made on day 100 sees only what had happened by then.
     let at = chrono::DateTime::from_timestamp_millis(start + 100 * MILLIS_PER_DAY)
@@ -217,7 +235,15 @@ async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
 
     let backtest = json(
         url,
-        &["forecast", "backtest", "--json", "--origins", "20", "--step", "4"],
+        &[
+            "forecast",
+            "backtest",
+            "--json",
+            "--origins",
+            "20",
+            "--step",
+            "4",
+        ],
     );
     let lead_generation = &backtest["lead_generation"];
     assert!(

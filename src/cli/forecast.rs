@@ -8,10 +8,10 @@ use clap::{Args, Subcommand};
 use leadflow::config::Config;
 use leadflow::core::state::LeadState;
 use leadflow::events::{Millis, MILLIS_PER_DAY};
+use leadflow::forecast::lead_generation;
 use leadflow::forecast::pipeline_value::{self, ClosedHistory};
 use leadflow::forecast::series::DailySeries;
 use leadflow::forecast::time_to_close::{self, CloseSummary};
-use leadflow::forecast::lead_generation;
 use leadflow::store::prelude::*;
 use leadflow::store::Store;
 
@@ -232,7 +232,10 @@ fn print_lead_generation_backtest(result: &lead_generation::Backtest) {
         "lead_generation: {} origins, {} days ahead",
         result.origins, result.horizon
     );
-    println!("  {:<16} {:>7} {:>9} {:>9}", "", "MASE", "80% held", "95% held");
+    println!(
+        "  {:<16} {:>7} {:>9} {:>9}",
+        "", "MASE", "80% held", "95% held"
+    );
     println!(
         "  {:<16} {:>7.3} {:>9} {:>9}",
         "leadflow",
@@ -286,8 +289,14 @@ fn print_pipeline_value(value: &pipeline_value::PipelineValue, at: Millis) {
         value.from_model,
         value.from_history
     );
-    println!("  current pipeline value    {:>14.0}", value.current_pipeline_value);
-    println!("  forecasted value (Σ p·v)  {:>14.0}", value.forecasted_value);
+    println!(
+        "  current pipeline value    {:>14.0}",
+        value.current_pipeline_value
+    );
+    println!(
+        "  forecasted value (Σ p·v)  {:>14.0}",
+        value.forecasted_value
+    );
     println!(
         "  within {:>3} days          {:>14.0}",
         value.horizon_days, value.forecasted_within_horizon
@@ -389,7 +398,9 @@ const PAGE: i64 = 5000;
 async fn all_leads(store: &Store) -> Result<Vec<LeadState>> {
     let mut leads: Vec<LeadState> = Vec::new();
     loop {
-        let after = leads.last().map_or(String::new(), |l| l.lead_ext_id.clone());
+        let after = leads
+            .last()
+            .map_or(String::new(), |l| l.lead_ext_id.clone());
         let page = store.lead_states_page(&after, PAGE).await?;
         let done = (page.len() as i64) < PAGE;
         leads.extend(page);

@@ -203,7 +203,8 @@ pub fn forecast(
                 .map(|&level| {
                     let spread = (p + 1.0).sqrt();
                     let lower = (p + lower_quantile(errors, (1.0 - level) / 2.0) * spread).max(0.0);
-                    let upper = (p + upper_quantile(errors, (1.0 + level) / 2.0) * spread).max(lower);
+                    let upper =
+                        (p + upper_quantile(errors, (1.0 + level) / 2.0) * spread).max(lower);
                     Interval {
                         level,
                         lower,
@@ -239,7 +240,10 @@ pub fn seasonal_naive_scale(y: &[f64]) -> f64 {
     if y.len() <= SEASON {
         return 1.0;
     }
-    let total: f64 = y.windows(SEASON + 1).map(|w| (w[SEASON] - w[0]).abs()).sum();
+    let total: f64 = y
+        .windows(SEASON + 1)
+        .map(|w| (w[SEASON] - w[0]).abs())
+        .sum();
     let scale = total / (y.len() - SEASON) as f64;
     if scale > 0.0 {
         scale
@@ -431,7 +435,11 @@ pub fn backtest(
         let result = forecast(&history, horizon, levels)?;
         let scale = seasonal_naive_scale(&history.counts);
         let mae = |predicted: &mut dyn Iterator<Item = f64>| {
-            predicted.zip(actual).map(|(p, a)| (a - p).abs()).sum::<f64>() / horizon as f64
+            predicted
+                .zip(actual)
+                .map(|(p, a)| (a - p).abs())
+                .sum::<f64>()
+                / horizon as f64
         };
         mase += mae(&mut result.days.iter().map(|d| d.expected)) / scale;
         naive_mase += mae(&mut Method::SeasonalNaive
@@ -578,7 +586,9 @@ mod tests {
     #[test]
     fn days_without_leads_give_zero_forecasts_and_intervals_from_zero() {
         // Leads on Mondays only, and few.
-        let y: Vec<f64> = (0..120).map(|t| if t % 7 == 0 { (t % 3) as f64 } else { 0.0 }).collect();
+        let y: Vec<f64> = (0..120)
+            .map(|t| if t % 7 == 0 { (t % 3) as f64 } else { 0.0 })
+            .collect();
         let series = DailySeries {
             start: NaiveDate::from_ymd_opt(2025, 1, 6).unwrap(),
             counts: y,
@@ -601,7 +611,10 @@ mod tests {
         // 168 forecast days: a loose band around nominal, wide enough
         // for the sampling noise of one series.
         assert!((0.68..=0.92).contains(&eighty), "80% covered {eighty}");
-        assert!((0.88..=1.0).contains(&ninety_five), "95% covered {ninety_five}");
+        assert!(
+            (0.88..=1.0).contains(&ninety_five),
+            "95% covered {ninety_five}"
+        );
         assert!(result.mase <= result.seasonal_naive_mase, "{result:?}");
         assert_eq!(result.methods.len(), 12);
     }

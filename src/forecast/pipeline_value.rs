@@ -202,7 +202,10 @@ impl ClosedHistory {
                 );
                 let bucket = days_in_stage_bucket(then.days_in_stage);
                 soon.add_weighted(win, weight);
-                soon_by_stage.entry(then.stage).or_default().add_weighted(win, weight);
+                soon_by_stage
+                    .entry(then.stage)
+                    .or_default()
+                    .add_weighted(win, weight);
                 soon_by_bucket
                     .entry((then.stage, bucket))
                     .or_default()
@@ -218,8 +221,16 @@ impl ClosedHistory {
         ClosedHistory {
             won,
             lost,
-            conversion_rate: if closed == 0 { 0.0 } else { won as f64 / closed as f64 },
-            avg_deal_value: if won == 0 { 0.0 } else { won_value / won as f64 },
+            conversion_rate: if closed == 0 {
+                0.0
+            } else {
+                won as f64 / closed as f64
+            },
+            avg_deal_value: if won == 0 {
+                0.0
+            } else {
+                won_value / won as f64
+            },
             by_stage,
             by_stage_source,
             value_ratios,
@@ -255,7 +266,12 @@ impl ClosedHistory {
     fn rate_within(&self, stage: Stage, days_in_stage: f64, source: &str) -> f64 {
         let bucket = days_in_stage_bucket(days_in_stage);
         let overall = self.soon.rate(0.0);
-        let stage_rate = self.soon_by_stage.get(&stage).copied().unwrap_or_default().rate(overall);
+        let stage_rate = self
+            .soon_by_stage
+            .get(&stage)
+            .copied()
+            .unwrap_or_default()
+            .rate(overall);
         let bucket_rate = self
             .soon_by_bucket
             .get(&(stage, bucket))
@@ -341,7 +357,10 @@ pub fn open_deals(
             .map(|score| (score / 100.0).clamp(0.0, 1.0));
         let (probability, probability_from) = match model_probability {
             Some(p) => (p, ProbabilityFrom::Model),
-            None => (history.rate(now.stage, now.source), ProbabilityFrom::History),
+            None => (
+                history.rate(now.stage, now.source),
+                ProbabilityFrom::History,
+            ),
         };
         let known = || lead.stage_history.iter().rev().filter(|t| t.at <= at);
         let (value, value_estimated) =
@@ -436,10 +455,7 @@ pub fn pipeline_value(
     if let Some(&bad) = levels.iter().find(|l| !(**l > 0.0 && **l < 1.0)) {
         return Err(PipelineValueError::Level(bad));
     }
-    let within: Vec<f64> = deals
-        .iter()
-        .map(|d| history.win_chance_within(d))
-        .collect();
+    let within: Vec<f64> = deals.iter().map(|d| history.win_chance_within(d)).collect();
 
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     let mut totals = vec![0.0; DRAWS];
@@ -450,7 +466,8 @@ pub fn pipeline_value(
             let u: f64 = rng.random();
             if u < deal.probability {
                 let value = if deal.value_estimated && !history.value_ratios.is_empty() {
-                    deal.value * history.value_ratios[rng.random_range(0..history.value_ratios.len())]
+                    deal.value
+                        * history.value_ratios[rng.random_range(0..history.value_ratios.len())]
                 } else {
                     deal.value
                 };
@@ -572,10 +589,7 @@ pub fn backtest(
                 _ => None,
             })
             .collect();
-        let expected_wins = deals
-            .iter()
-            .map(|d| history.win_chance_within(d))
-            .sum();
+        let expected_wins = deals.iter().map(|d| history.win_chance_within(d)).sum();
         rows.push(BacktestOrigin {
             origin,
             open_leads: deals.len(),
@@ -602,13 +616,20 @@ pub fn backtest(
         })
         .collect();
     let realised_mean = rows.iter().map(|r| r.realised).sum::<f64>() / rows.len().max(1) as f64;
-    let error_mean =
-        rows.iter().map(|r| (r.realised - r.forecast).abs()).sum::<f64>() / rows.len().max(1) as f64;
+    let error_mean = rows
+        .iter()
+        .map(|r| (r.realised - r.forecast).abs())
+        .sum::<f64>()
+        / rows.len().max(1) as f64;
     Ok(PipelineBacktest {
         horizon_days,
         origins: rows,
         coverage,
-        relative_error: if realised_mean > 0.0 { error_mean / realised_mean } else { 0.0 },
+        relative_error: if realised_mean > 0.0 {
+            error_mean / realised_mean
+        } else {
+            0.0
+        },
     })
 }
 
@@ -649,8 +670,14 @@ mod tests {
         assert!((value.forecasted_value - 30_000.0).abs() < 1e-6);
         assert_eq!(value.current_pipeline_value, 100_000.0);
         let interval = &value.intervals[0];
-        assert!((23_000.0..=25_000.0).contains(&interval.lower), "{interval:?}");
-        assert!((35_000.0..=37_000.0).contains(&interval.upper), "{interval:?}");
+        assert!(
+            (23_000.0..=25_000.0).contains(&interval.lower),
+            "{interval:?}"
+        );
+        assert!(
+            (35_000.0..=37_000.0).contains(&interval.upper),
+            "{interval:?}"
+        );
         // No win in the history: nothing can be placed within the horizon.
         assert_eq!(value.forecasted_within_horizon, 0.0);
         assert_eq!(value.by_owner["ana"].open_leads, 100);
@@ -677,6 +704,77 @@ mod tests {
             pipeline_value(&deals, &empty_history(), 7.0, &[1.0]),
             Err(PipelineValueError::Level(1.0))
         );
+    }
+
+    const DAY: Millis = MILLIS_PER_DAY;
+
+    fn lead(id: usize, created: Millis, moves: &[(Millis, Stage)]) -> LeadState {
+        let mut lead = LeadState::new(&format!("L{id}"));
+        lead.created_at = Some(created);
+        lead.source = Some("web".into());
+        lead.estimated_value = Some(1000.0);
+        let mut from = Stage::New;
+        for (i, (at, to)) in moves.iter().enumerate() {
+            lead.stage_history
+                .push(crate::core::state::StageTransition {
+                    from: Some(from),
+                    to: *to,
+                    at: *at,
+                    owner: None,
+                    deal_value: (*to == Stage::ClosedWon).then_some(1000.0),
+                    event_id: format!("L{id}-{i}"),
+                });
+            from = *to;
+            lead.stage = *to;
+        }
+        lead
+    }
+
+    #[test]
+    fn a_lead_stale_in_its_stage_gets_less_chance_than_a_fresh_one() {
+        // Every day a lead is created and contacted; half of them win three
+        // days later, the rest sit in "contacted" for good.
+        let mut leads: Vec<LeadState> = (0..200)
+            .map(|d| {
+                let t = d as Millis * DAY;
+                let mut moves = vec![(t + DAY / 2, Stage::Contacted)];
+                if d % 2 == 0 {
+                    moves.push((t + 3 * DAY, Stage::ClosedWon));
+                }
+                lead(d, t, &moves)
+            })
+            .collect();
+        let at = 200 * DAY;
+        leads.push(lead(1000, at - 2 * DAY, &[(at - DAY, Stage::Contacted)]));
+        leads.push(lead(
+            1001,
+            at - 61 * DAY,
+            &[(at - 60 * DAY, Stage::Contacted)],
+        ));
+        let history = ClosedHistory::as_of(&leads, at, 14.0);
+        assert_eq!(history.landmarks, LANDMARKS);
+        let deals = open_deals(&leads, at, &history, false);
+        let chance = |id: &str| {
+            let deal = deals.iter().find(|d| d.lead_ext_id == id).unwrap();
+            history.win_chance_within(deal)
+        };
+        // Contacted a day ago: about half such leads won within 14 days.
+        assert!(
+            (0.35..0.65).contains(&chance("L1000")),
+            "{}",
+            chance("L1000")
+        );
+        // Sixty days in: none such ever won.
+        assert!(chance("L1001") < 0.1, "{}", chance("L1001"));
+        // The stage's plain conversion rate does not tell them apart.
+        let eventual = |id: &str| {
+            deals
+                .iter()
+                .find(|d| d.lead_ext_id == id)
+                .unwrap()
+                .probability
+        };
+        assert_eq!(eventual("L1000"), eventual("L1001"));
     }
 
     #[test]

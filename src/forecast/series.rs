@@ -61,7 +61,9 @@ impl DailySeries {
     /// date that is not `YYYY-MM-DD`, a count that is not a whole number of
     /// zero or more, and a date given twice.
     pub fn from_csv(input: impl Read) -> Result<DailySeries, SeriesError> {
-        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(input);
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(input);
         let headers = reader
             .headers()
             .map_err(|e| SeriesError::Csv(e.to_string()))?
@@ -90,7 +92,9 @@ impl DailySeries {
                 return Err(bad(format!("count {raw_count} is negative")));
             }
             if count.fract() != 0.0 {
-                return Err(bad(format!("count {raw_count} is not a whole number of leads")));
+                return Err(bad(format!(
+                    "count {raw_count} is not a whole number of leads"
+                )));
             }
             rows.push((date, count, line));
         }
@@ -98,7 +102,10 @@ impl DailySeries {
         if let Some(pair) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(SeriesError::Line {
                 line: pair[1].2,
-                reason: format!("date {} is given twice (first on line {})", pair[1].0, pair[0].2),
+                reason: format!(
+                    "date {} is given twice (first on line {})",
+                    pair[1].0, pair[0].2
+                ),
             });
         }
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -150,7 +157,10 @@ mod tests {
         };
         assert_eq!(
             line("date,count\n2026-03-01,2\n2026-02-30,1\n"),
-            (3, "date `2026-02-30` is not an ISO date (YYYY-MM-DD)".into())
+            (
+                3,
+                "date `2026-02-30` is not an ISO date (YYYY-MM-DD)".into()
+            )
         );
         assert_eq!(
             line("date,count\n2026-03-01,-3\n"),

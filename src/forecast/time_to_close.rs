@@ -60,7 +60,10 @@ impl CloseCurve {
             .iter()
             .copied()
             .filter(|o| o.days.is_finite())
-            .map(|o| Observation { days: o.days.max(0.0), ..o })
+            .map(|o| Observation {
+                days: o.days.max(0.0),
+                ..o
+            })
             .collect();
         sorted.sort_by(|a, b| a.days.total_cmp(&b.days));
         let count = |outcome| sorted.iter().filter(|o| o.outcome == outcome).count();
@@ -328,10 +331,7 @@ pub fn time_to_close(leads: &[LeadState], now: Millis) -> TimeToClose {
             .iter()
             .map(|(k, v)| (k.clone(), summarise(v)))
             .collect(),
-        from_stage: from_stage
-            .iter()
-            .map(|(k, v)| (*k, summarise(v)))
-            .collect(),
+        from_stage: from_stage.iter().map(|(k, v)| (*k, summarise(v))).collect(),
     }
 }
 

@@ -180,8 +180,7 @@ impl CompiledTrees {
                 |from, to| {
                     let feature = self.nodes[from as usize].feature as usize;
                     // A leaf steps to itself: the change is exactly 0.
-                    contributions[feature] +=
-                        self.values[to as usize] - self.values[from as usize];
+                    contributions[feature] += self.values[to as usize] - self.values[from as usize];
                 },
                 |_| {},
             )
