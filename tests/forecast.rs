@@ -4,29 +4,13 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use common::{output_text as text, run_cli as leadflow};
 
 use chrono::{Days, NaiveDate};
 use common::{TestPg, TestSqlite};
 use leadflow::events::MILLIS_PER_DAY;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::prelude::*;
-
-fn leadflow(db: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_leadflow"))
-        .args(args)
-        .env("DATABASE_URL", db)
-        .env("LEADFLOW_LOG", "warn")
-        .output()
-        .expect("run leadflow")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A weekday-shaped series with a trend: busy weekdays, quiet weekends
 /// (Sundays without a lead at all).

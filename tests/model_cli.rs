@@ -4,30 +4,14 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use common::{output_text as text, run_cli as leadflow};
 
 use common::TestSqlite;
 use leadflow::core::state::LeadState;
 use leadflow::events::Stage;
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::prelude::*;
-
-fn leadflow(db: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_leadflow"))
-        .args(args)
-        .env("DATABASE_URL", db)
-        .env("LEADFLOW_LOG", "warn")
-        .output()
-        .expect("run leadflow")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::path::Path;
 
 fn rfc3339(at: i64) -> String {
     chrono::DateTime::from_timestamp_millis(at)

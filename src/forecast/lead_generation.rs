@@ -33,6 +33,7 @@ crate::events::string_enum!(
         SeasonalMean => "seasonal_mean",
         WeekdayTrend => "weekday_trend",
         HoltWinters => "holt_winters",
+        HoltWintersMultiplicative => "holt_winters_multiplicative",
     }
 );
 
@@ -44,7 +45,10 @@ impl Method {
             Method::SeasonalNaive => seasonal_mean(history, horizon, 1),
             Method::SeasonalMean => seasonal_mean(history, horizon, 4),
             Method::WeekdayTrend => weekday_trend(history, horizon, 8),
-            Method::HoltWinters => holt_winters(history, horizon),
+            Method::HoltWinters => holt_winters(history, horizon, Season::Additive),
+            Method::HoltWintersMultiplicative => {
+                holt_winters(history, horizon, Season::Multiplicative)
+            }
         };
         forecast.into_iter().map(|v| v.max(0.0)).collect()
     }
@@ -307,18 +311,30 @@ fn weekday_trend(y: &[f64], horizon: usize, weeks: usize) -> Vec<f64> {
 
 /// Additive Holt–Winters with a damped trend; the smoothing weights are the
 /// grid point with the smallest one-step-ahead squared error.
-fn holt_winters(y: &[f64], horizon: usize) -> Vec<f64> {
+/// How the weekly pattern combines with the level: added to it, or a
+/// factor of it (the pattern grows with the inflow).
+#[derive(Clone, Copy, PartialEq)]
+enum Season {
+    Additive,
+    Multiplicative,
+}
+
+/// Below this a level or seasonal factor is treated as zero (a weekday
+/// that never has leads), so that no division blows up.
+const TINY: f64 = 1e-6;
+
+fn holt_winters(y: &[f64], horizon: usize, season: Season) -> Vec<f64> {
     const ALPHAS: [f64; 4] = [0.05, 0.1, 0.2, 0.4];
     const BETAS: [f64; 3] = [0.0, 0.02, 0.1];
     const GAMMAS: [f64; 3] = [0.05, 0.15, 0.3];
     const PHIS: [f64; 2] = [0.9, 0.98];
-    let mut best = (f64::INFINITY, HoltWintersState::initial(y));
+    let mut best = (f64::INFINITY, HoltWintersState::initial(y, season));
     for alpha in ALPHAS {
         for beta in BETAS {
             for gamma in GAMMAS {
                 for phi in PHIS {
                     let weights = [alpha, beta, gamma, phi];
-                    let (sse, state) = HoltWintersState::run(y, weights);
+                    let (sse, state) = HoltWintersState::run(y, weights, season);
                     if sse < best.0 {
                         best = (sse, state);
                     }
@@ -335,38 +351,78 @@ struct HoltWintersState {
     trend: f64,
     seasonal: [f64; SEASON],
     phi: f64,
+    season: Season,
 }
 
 impl HoltWintersState {
     /// Level from the first week, trend from the first two, seasonal terms
     /// as the first week's offsets from its mean.
-    fn initial(y: &[f64]) -> HoltWintersState {
+    fn initial(y: &[f64], season: Season) -> HoltWintersState {
         let week = |w: usize| y[w * SEASON..(w + 1) * SEASON].iter().sum::<f64>() / SEASON as f64;
         let level = week(0);
         let mut seasonal = [0.0; SEASON];
         for (i, s) in seasonal.iter_mut().enumerate() {
-            *s = y[i] - level;
+            *s = match season {
+                Season::Additive => y[i] - level,
+                Season::Multiplicative if level > TINY => y[i] / level,
+                Season::Multiplicative => 1.0,
+            };
         }
         HoltWintersState {
             level,
             trend: (week(1) - level) / SEASON as f64,
             seasonal,
             phi: 1.0,
+            season,
+        }
+    }
+
+    fn with_season(&self, base: f64, s: usize) -> f64 {
+        match self.season {
+            Season::Additive => base + self.seasonal[s],
+            Season::Multiplicative => base * self.seasonal[s],
         }
     }
 
     /// The state after the whole series and its one-step squared error.
-    fn run(y: &[f64], [alpha, beta, gamma, phi]: [f64; 4]) -> (f64, HoltWintersState) {
-        let mut state = HoltWintersState::initial(y);
+    fn run(
+        y: &[f64],
+        [alpha, beta, gamma, phi]: [f64; 4],
+        season: Season,
+    ) -> (f64, HoltWintersState) {
+        let mut state = HoltWintersState::initial(y, season);
         state.phi = phi;
         let mut sse = 0.0;
         for (t, &value) in y.iter().enumerate().skip(SEASON) {
             let s = t % SEASON;
             let damped = state.level + phi * state.trend;
-            sse += (value - damped - state.seasonal[s]).powi(2);
-            let level = alpha * (value - state.seasonal[s]) + (1.0 - alpha) * damped;
+            sse += (value - state.with_season(damped, s)).powi(2);
+            let (level, seasonal): (f64, fn(f64, f64) -> f64) = match season {
+                Season::Additive => (
+                    alpha * (value - state.seasonal[s]) + (1.0 - alpha) * damped,
+                    |value: f64, level: f64| value - level,
+                ),
+                Season::Multiplicative => {
+                    // A weekday without leads says nothing about the level.
+                    let level = if state.seasonal[s] > TINY {
+                        alpha * (value / state.seasonal[s]) + (1.0 - alpha) * damped
+                    } else {
+                        damped
+                    };
+                    (
+                        level,
+                        |value: f64, level: f64| {
+                            if level > TINY {
+                                value / level
+                            } else {
+                                1.0
+                            }
+                        },
+                    )
+                }
+            };
             state.trend = beta * (level - state.level) + (1.0 - beta) * phi * state.trend;
-            state.seasonal[s] = gamma * (value - level) + (1.0 - gamma) * state.seasonal[s];
+            state.seasonal[s] = gamma * seasonal(value, level) + (1.0 - gamma) * state.seasonal[s];
             state.level = level;
         }
         (sse, state)
@@ -379,7 +435,7 @@ impl HoltWintersState {
             .map(|h| {
                 factor *= self.phi;
                 damping += factor;
-                self.level + damping * self.trend + self.seasonal[(n + h) % SEASON]
+                self.with_season(self.level + damping * self.trend, (n + h) % SEASON)
             })
             .collect()
     }
@@ -543,7 +599,10 @@ mod tests {
         let series = weekly_series(200, 0.15, 7);
         let result = forecast(&series, 14, &[0.8, 0.95]).unwrap();
         assert!(
-            matches!(result.method, Method::WeekdayTrend | Method::HoltWinters),
+            matches!(
+                result.method,
+                Method::WeekdayTrend | Method::HoltWinters | Method::HoltWintersMultiplicative
+            ),
             "chose {}",
             result.method
         );

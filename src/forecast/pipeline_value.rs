@@ -26,7 +26,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::time_to_close::{close_as_of, created_at, stages_entered, Outcome, UNKNOWN_SOURCE};
+use super::time_to_close::{
+    close_as_of, created_at, days_between, stages_entered, Outcome, UNKNOWN_SOURCE,
+};
 use crate::core::state::LeadState;
 use crate::events::{Millis, Stage, MILLIS_PER_DAY};
 
@@ -109,11 +111,8 @@ fn snapshot(lead: &LeadState, at: Millis) -> Option<Snapshot<'_>> {
     })
 }
 
-fn days_between(from: Millis, to: Millis) -> f64 {
-    (to - from) as f64 / MILLIS_PER_DAY as f64
-}
-
-/// What the leads (as of a time) say about conversion.
+/// What the leads (as of a time) say about conversion: closes per stage
+/// and source, won values, and the landmark samples of open leads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClosedHistory {
     pub won: usize,
@@ -127,13 +126,123 @@ pub struct ClosedHistory {
     by_stage_source: BTreeMap<(Stage, String), Tally>,
     /// Won value over the lead's estimate, per won deal that had both.
     value_ratios: Vec<f64>,
-    /// Landmark samples: open leads won within the horizon or not.
+    /// The horizon the landmark samples looked ahead.
     pub horizon_days: f64,
     pub landmarks: usize,
-    soon: Tally,
-    soon_by_stage: BTreeMap<Stage, Tally>,
-    soon_by_bucket: BTreeMap<(Stage, usize), Tally>,
-    soon_by_bucket_source: BTreeMap<(Stage, usize, String), Tally>,
+    soon: SoonTallies,
+    /// How much more the value won at the landmarks strayed from its
+    /// forecast than Σ Bernoulli(p)·v allows (a standard deviation's
+    /// factor, at least 1): the intervals within the horizon are widened
+    /// by it. 1 with fewer than [`MIN_DISPERSION_LANDMARKS`] landmarks.
+    pub dispersion: f64,
+}
+
+/// Landmark samples of open leads: won within the horizon or not, per
+/// stage, days-in-stage bucket and source, and coarser.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct SoonTallies {
+    all: Tally,
+    by_stage: BTreeMap<Stage, Tally>,
+    by_bucket: BTreeMap<(Stage, usize), Tally>,
+    by_bucket_source: BTreeMap<(Stage, usize, String), Tally>,
+}
+
+/// One open lead at one landmark.
+struct LandmarkSample {
+    stage: Stage,
+    days_in_stage: f64,
+    source: String,
+    weight: f64,
+    value: f64,
+    value_estimated: bool,
+    /// The value won within the horizon (0 if not won then).
+    won: f64,
+}
+
+impl SoonTallies {
+    fn add(&mut self, sample: &LandmarkSample, sign: f64) {
+        let bucket = days_in_stage_bucket(sample.days_in_stage);
+        let win = sample.won > 0.0;
+        for tally in [
+            &mut self.all,
+            self.by_stage.entry(sample.stage).or_default(),
+            self.by_bucket.entry((sample.stage, bucket)).or_default(),
+            self.by_bucket_source
+                .entry((sample.stage, bucket, sample.source.clone()))
+                .or_default(),
+        ] {
+            tally.add_weighted(win, sign * sample.weight);
+        }
+    }
+
+    /// The share (of value) won within the horizon by leads open in
+    /// `stage` for about as many days and from the same source, shrunk
+    /// towards the stage and bucket, the stage, and all leads.
+    fn rate(&self, stage: Stage, days_in_stage: f64, source: &str) -> f64 {
+        let bucket = days_in_stage_bucket(days_in_stage);
+        let overall = self.all.rate(0.0);
+        let stage_rate = self
+            .by_stage
+            .get(&stage)
+            .copied()
+            .unwrap_or_default()
+            .rate(overall);
+        let bucket_rate = self
+            .by_bucket
+            .get(&(stage, bucket))
+            .copied()
+            .unwrap_or_default()
+            .rate(stage_rate);
+        self.by_bucket_source
+            .get(&(stage, bucket, source.to_string()))
+            .copied()
+            .unwrap_or_default()
+            .rate(bucket_rate)
+    }
+}
+
+/// Landmarks needed before their spread is trusted to widen the intervals.
+const MIN_DISPERSION_LANDMARKS: usize = 6;
+
+/// Over the landmarks, each forecast from the others (leave one out):
+/// √(mean of (won − forecast)² / variance under independent Bernoulli
+/// wins), at least 1.
+fn dispersion(per_landmark: &[Vec<LandmarkSample>], all: &SoonTallies, ratios: (f64, f64)) -> f64 {
+    if per_landmark.len() < MIN_DISPERSION_LANDMARKS {
+        return 1.0;
+    }
+    let (ratio_mean, ratio_square_mean) = ratios;
+    let mut sum = 0.0;
+    let mut counted = 0usize;
+    for samples in per_landmark {
+        let mut others = all.clone();
+        for sample in samples {
+            others.add(sample, -1.0);
+        }
+        let (mut forecast, mut variance, mut won) = (0.0, 0.0, 0.0);
+        for sample in samples {
+            let p = others
+                .rate(sample.stage, sample.days_in_stage, &sample.source)
+                .clamp(0.0, 1.0);
+            let (mean, square) = if sample.value_estimated {
+                (ratio_mean, ratio_square_mean)
+            } else {
+                (1.0, 1.0)
+            };
+            forecast += p * sample.value * mean;
+            variance += sample.value * sample.value * (p * square - p * p * mean * mean);
+            won += sample.won;
+        }
+        if variance > 0.0 {
+            sum += (won - forecast).powi(2) / variance;
+            counted += 1;
+        }
+    }
+    if counted == 0 {
+        1.0
+    } else {
+        (sum / counted as f64).sqrt().max(1.0)
+    }
 }
 
 impl ClosedHistory {
@@ -173,10 +282,6 @@ impl ClosedHistory {
 
         let horizon_ms = (horizon_days * MILLIS_PER_DAY as f64) as Millis;
         let first_created = leads.iter().filter_map(created_at).min().unwrap_or(at);
-        let mut soon = Tally::default();
-        let mut soon_by_stage: BTreeMap<Stage, Tally> = BTreeMap::new();
-        let mut soon_by_bucket: BTreeMap<(Stage, usize), Tally> = BTreeMap::new();
-        let mut soon_by_bucket_source: BTreeMap<(Stage, usize, String), Tally> = BTreeMap::new();
         let landmarks: Vec<Millis> = (0..LANDMARKS as i64)
             .map(|k| at - horizon_ms - k * LANDMARK_STEP_DAYS * MILLIS_PER_DAY)
             .take_while(|landmark| *landmark > first_created)
@@ -186,36 +291,47 @@ impl ClosedHistory {
         // needs when big deals convert differently from small ones.
         let values: Vec<f64> = leads.iter().filter_map(|l| l.estimated_value).collect();
         let mean_value = values.iter().sum::<f64>() / values.len().max(1) as f64;
-        let weight_of = |lead: &LeadState| match lead.estimated_value {
-            Some(v) if mean_value > 0.0 && v >= 0.0 => v / mean_value,
-            _ => 1.0,
+        let avg_deal_value = if won == 0 {
+            0.0
+        } else {
+            won_value / won as f64
         };
+        let mut soon = SoonTallies::default();
+        let mut per_landmark: Vec<Vec<LandmarkSample>> = Vec::with_capacity(landmarks.len());
         for &landmark in &landmarks {
+            let mut samples = Vec::new();
             for lead in leads {
                 let Some(then) = snapshot(lead, landmark) else {
                     continue;
                 };
-                let weight = weight_of(lead);
-                let win = matches!(
-                    close_as_of(lead, landmark + horizon_ms),
-                    Some((Outcome::Won, closed)) if closed > landmark
-                );
-                let bucket = days_in_stage_bucket(then.days_in_stage);
-                soon.add_weighted(win, weight);
-                soon_by_stage
-                    .entry(then.stage)
-                    .or_default()
-                    .add_weighted(win, weight);
-                soon_by_bucket
-                    .entry((then.stage, bucket))
-                    .or_default()
-                    .add_weighted(win, weight);
-                soon_by_bucket_source
-                    .entry((then.stage, bucket, then.source.to_string()))
-                    .or_default()
-                    .add_weighted(win, weight);
+                let (value, value_estimated) = value_as_of(lead, landmark, avg_deal_value);
+                let won = match close_as_of(lead, landmark + horizon_ms) {
+                    Some((Outcome::Won, closed)) if closed > landmark => won_value_of(lead, closed)
+                        .unwrap_or(value)
+                        .max(f64::MIN_POSITIVE),
+                    _ => 0.0,
+                };
+                let sample = LandmarkSample {
+                    stage: then.stage,
+                    days_in_stage: then.days_in_stage,
+                    source: then.source.to_string(),
+                    weight: match lead.estimated_value {
+                        Some(v) if mean_value > 0.0 && v >= 0.0 => v / mean_value,
+                        _ => 1.0,
+                    },
+                    value,
+                    value_estimated,
+                    won,
+                };
+                soon.add(&sample, 1.0);
+                samples.push(sample);
             }
+            per_landmark.push(samples);
         }
+        let ratio_mean = mean(&value_ratios).unwrap_or(1.0);
+        let ratio_square_mean =
+            mean(&value_ratios.iter().map(|r| r * r).collect::<Vec<_>>()).unwrap_or(1.0);
+        let dispersion = dispersion(&per_landmark, &soon, (ratio_mean, ratio_square_mean));
 
         let closed = won + lost;
         ClosedHistory {
@@ -226,20 +342,14 @@ impl ClosedHistory {
             } else {
                 won as f64 / closed as f64
             },
-            avg_deal_value: if won == 0 {
-                0.0
-            } else {
-                won_value / won as f64
-            },
+            avg_deal_value,
             by_stage,
             by_stage_source,
             value_ratios,
             horizon_days,
             landmarks: landmarks.len(),
             soon,
-            soon_by_stage,
-            soon_by_bucket,
-            soon_by_bucket_source,
+            dispersion,
         }
     }
 
@@ -259,37 +369,11 @@ impl ClosedHistory {
             .rate(stage_rate)
     }
 
-    /// Of the leads open at past landmarks in `stage` for about as many
-    /// days and from the same source, the share (of their value) won within
-    /// the horizon, shrunk towards the stage and bucket, the stage, and all
-    /// leads.
-    fn rate_within(&self, stage: Stage, days_in_stage: f64, source: &str) -> f64 {
-        let bucket = days_in_stage_bucket(days_in_stage);
-        let overall = self.soon.rate(0.0);
-        let stage_rate = self
-            .soon_by_stage
-            .get(&stage)
-            .copied()
-            .unwrap_or_default()
-            .rate(overall);
-        let bucket_rate = self
-            .soon_by_bucket
-            .get(&(stage, bucket))
-            .copied()
-            .unwrap_or_default()
-            .rate(stage_rate);
-        self.soon_by_bucket_source
-            .get(&(stage, bucket, source.to_string()))
-            .copied()
-            .unwrap_or_default()
-            .rate(bucket_rate)
-    }
-
     /// The chance that `deal` is won within the horizon. From history, the
     /// landmark rate; for a model's probability, that probability times the
     /// share of the eventual wins of such leads that come that soon.
     pub fn win_chance_within(&self, deal: &OpenDeal) -> f64 {
-        let within = self.rate_within(deal.stage, deal.days_in_stage, &deal.source);
+        let within = self.soon.rate(deal.stage, deal.days_in_stage, &deal.source);
         match deal.probability_from {
             ProbabilityFrom::History => within.min(deal.probability),
             ProbabilityFrom::Model => {
@@ -314,6 +398,28 @@ fn won_value_of(lead: &LeadState, closed_at: Millis) -> Option<f64> {
         .find_map(|t| t.deal_value)
         .or(lead.deal_value)
         .or(lead.estimated_value)
+}
+
+/// The lead's value as known at `at`, and whether it is only an estimate:
+/// the deal value of its latest stage change that had one, else its
+/// estimated value, else `fallback` (the average won deal).
+fn value_as_of(lead: &LeadState, at: Millis, fallback: f64) -> (f64, bool) {
+    let deal_value = lead
+        .stage_history
+        .iter()
+        .rev()
+        .filter(|t| t.at <= at)
+        .find_map(|t| t.deal_value);
+    let (value, estimated) = match (deal_value, lead.estimated_value) {
+        (Some(v), _) => (v, false),
+        (None, Some(v)) => (v, true),
+        (None, None) => (fallback, true),
+    };
+    (value.max(0.0), estimated)
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 /// A lead open at the forecast's time, as the forecast sees it.
@@ -362,14 +468,12 @@ pub fn open_deals(
                 ProbabilityFrom::History,
             ),
         };
-        let known = || lead.stage_history.iter().rev().filter(|t| t.at <= at);
-        let (value, value_estimated) =
-            match (known().find_map(|t| t.deal_value), lead.estimated_value) {
-                (Some(v), _) => (v, false),
-                (None, Some(v)) => (v, true),
-                (None, None) => (history.avg_deal_value, true),
-            };
-        let owner = known()
+        let (value, value_estimated) = value_as_of(lead, at, history.avg_deal_value);
+        let owner = lead
+            .stage_history
+            .iter()
+            .rev()
+            .filter(|t| t.at <= at)
             .find_map(|t| t.owner.clone())
             .or_else(|| lead.owner.clone())
             .unwrap_or_else(|| UNASSIGNED.to_string());
@@ -382,7 +486,7 @@ pub fn open_deals(
             days_in_stage: now.days_in_stage,
             probability,
             probability_from,
-            value: value.max(0.0),
+            value,
             value_estimated,
         });
     }
@@ -428,6 +532,9 @@ pub struct PipelineValue {
     pub closed_lost: usize,
     pub from_model: usize,
     pub from_history: usize,
+    /// The factor the intervals were widened by (see
+    /// [`ClosedHistory::dispersion`]).
+    pub dispersion: f64,
     pub intervals: Vec<ValueInterval>,
     pub by_source: BTreeMap<String, Breakdown>,
     pub by_owner: BTreeMap<String, Breakdown>,
@@ -449,7 +556,7 @@ pub fn pipeline_value(
     horizon_days: f64,
     levels: &[f64],
 ) -> Result<PipelineValue, PipelineValueError> {
-    if !(horizon_days >= 1.0) {
+    if horizon_days.is_nan() || horizon_days < 1.0 {
         return Err(PipelineValueError::Horizon(horizon_days));
     }
     if let Some(&bad) = levels.iter().find(|l| !(**l > 0.0 && **l < 1.0)) {
@@ -480,14 +587,29 @@ pub fn pipeline_value(
     }
     totals.sort_by(f64::total_cmp);
     totals_within.sort_by(f64::total_cmp);
+    // Each side's distance from the mean, stretched by how much more the
+    // past strayed than independent wins allow.
+    let widened = |sorted: &[f64], level: f64| {
+        let centre = mean(sorted).unwrap_or(0.0);
+        let lower = quantile(sorted, (1.0 - level) / 2.0);
+        let upper = quantile(sorted, (1.0 + level) / 2.0);
+        (
+            (centre - history.dispersion * (centre - lower)).max(0.0),
+            centre + history.dispersion * (upper - centre),
+        )
+    };
     let intervals = levels
         .iter()
-        .map(|&level| ValueInterval {
-            level,
-            lower: quantile(&totals, (1.0 - level) / 2.0),
-            upper: quantile(&totals, (1.0 + level) / 2.0),
-            within_horizon_lower: quantile(&totals_within, (1.0 - level) / 2.0),
-            within_horizon_upper: quantile(&totals_within, (1.0 + level) / 2.0),
+        .map(|&level| {
+            let (lower, upper) = widened(&totals, level);
+            let (within_horizon_lower, within_horizon_upper) = widened(&totals_within, level);
+            ValueInterval {
+                level,
+                lower,
+                upper,
+                within_horizon_lower,
+                within_horizon_upper,
+            }
         })
         .collect();
 
@@ -523,6 +645,7 @@ pub fn pipeline_value(
         closed_lost: history.lost,
         from_model,
         from_history: deals.len() - from_model,
+        dispersion: history.dispersion,
         intervals,
         by_source,
         by_owner,

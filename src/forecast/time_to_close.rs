@@ -252,7 +252,7 @@ pub(crate) fn created_at(lead: &LeadState) -> Option<Millis> {
         .or_else(|| lead.stage_history.first().map(|t| t.at))
 }
 
-fn days_between(from: Millis, to: Millis) -> f64 {
+pub(crate) fn days_between(from: Millis, to: Millis) -> f64 {
     (to - from) as f64 / MILLIS_PER_DAY as f64
 }
 

@@ -36,6 +36,24 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Runs the leadflow binary on the database at `db`, quietly.
+pub fn run_cli(db: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_leadflow"))
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("LEADFLOW_LOG", "warn")
+        .output()
+        .expect("run leadflow")
+}
+
+/// Standard output and standard error as text.
+pub fn output_text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A PostgreSQL database of the test's own, dropped when the guard goes.
 pub struct TestPg {
     pub url: String,
