@@ -2,10 +2,12 @@
 //! data (no store, no clock): leads to be created per day
 //! ([`lead_generation`]) from a [`series::DailySeries`], how long leads take
 //! to close ([`time_to_close`]) and what the open pipeline is worth
-//! ([`pipeline_value`]) from lead states as of a given time. The methods,
+//! ([`pipeline_value`]) from lead states as of a given time; [`event`] makes
+//! them the `ForecastEvent`s of `lead-forecasts`. The methods,
 //! their assumptions and what an interval's level means:
 //! `docs/FORECASTING.md`.
 
+pub mod event;
 pub mod lead_generation;
 pub mod pipeline_value;
 pub mod series;
