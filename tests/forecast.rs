@@ -217,6 +217,34 @@ async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
         "leads created after the forecast's time are not counted"
     );
 
+    // Recorded once per forecast_id, however often it is made.
+    for _ in 0..2 {
+        json(url, &["forecast", "pipeline-value", "--json", "--record"]);
+        json(url, &["forecast", "time-to-close", "--json", "--record"]);
+    }
+    let again = leadflow(url, &["forecast", "pipeline-value", "--record"]);
+    assert!(
+        text(&again)
+            .1
+            .contains("was already recorded; nothing stored"),
+        "{}",
+        text(&again).1
+    );
+    let stored = store.forecasts(None, 10).await.unwrap();
+    let mut kinds: Vec<&str> = stored.iter().map(|r| r.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["pipeline_value", "time_to_close"]);
+    for record in &stored {
+        let event: leadflow::events::ForecastEvent = serde_json::from_str(&record.event).unwrap();
+        assert_eq!(event.forecast_id, record.forecast_id);
+        assert_eq!(event.kind.as_str(), record.kind);
+    }
+    let pipeline = &store.forecasts(Some("pipeline_value"), 10).await.unwrap()[0];
+    assert_eq!(pipeline.leads_counted as usize, open);
+    assert_eq!(pipeline.confidence, 0.8);
+    let recorded: serde_json::Value = serde_json::from_str(&pipeline.detail).unwrap();
+    assert_eq!(recorded, value, "the whole result is kept");
+
     let backtest = json(
         url,
         &[

@@ -7,13 +7,14 @@ use clap::{Args, Subcommand};
 
 use leadflow::config::Config;
 use leadflow::core::state::LeadState;
-use leadflow::events::{Millis, MILLIS_PER_DAY};
+use leadflow::events::{ForecastEvent, Millis, MILLIS_PER_DAY};
+use leadflow::forecast::event;
 use leadflow::forecast::lead_generation;
 use leadflow::forecast::pipeline_value::{self, ClosedHistory};
 use leadflow::forecast::series::DailySeries;
 use leadflow::forecast::time_to_close::{self, CloseSummary};
 use leadflow::store::prelude::*;
-use leadflow::store::Store;
+use leadflow::store::{ForecastRecord, Store};
 
 use super::open_store;
 
@@ -47,6 +48,10 @@ pub(crate) struct AsOfArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Store the forecast in `lead_forecasts` (once per forecast_id: the
+    /// same kind, time and horizon again stores nothing new).
+    #[arg(long)]
+    record: bool,
 }
 
 #[derive(Args)]
@@ -150,6 +155,16 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
             } else {
                 print_pipeline_value(&value, at);
             }
+            if args.as_of.record {
+                let model_version = leads
+                    .iter()
+                    .filter(|l| !l.stage.is_closed())
+                    .filter_map(|l| l.score.as_ref()?.model_version.clone())
+                    .max();
+                let event = event::pipeline_value_event(&value, at, CSV_LEVELS[0])
+                    .context("the forecast has no 80% interval")?;
+                record(&config, &event, model_version, value.open_leads, &value).await?;
+            }
         }
         ForecastCommand::TimeToClose(args) => {
             let (leads, at) = leads_as_of(&config, &args.as_of).await?;
@@ -158,6 +173,12 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
                 print_time_to_close(&result, at);
+            }
+            if args.as_of.record {
+                let event = event::time_to_close_event(&result, at, 0).context(
+                    "too few wins to record a time to close: the upper quartile is not known yet",
+                )?;
+                record(&config, &event, None, result.overall.observations, &result).await?;
             }
         }
         ForecastCommand::Backtest(args) => {
@@ -385,6 +406,41 @@ fn print_time_to_close(result: &time_to_close::TimeToClose, at: Millis) {
     for (stage, summary) in &result.from_stage {
         row(&format!("from {stage}"), "any", summary);
     }
+}
+
+/// Stores `event` with its inputs summarised and the whole `detail`;
+/// says on stderr whether it was new.
+async fn record(
+    config: &Config,
+    event: &ForecastEvent,
+    model_version: Option<String>,
+    leads_counted: usize,
+    detail: &impl serde::Serialize,
+) -> Result<()> {
+    let store = open_store(config).await?;
+    let new = store
+        .record_forecast(&ForecastRecord {
+            forecast_id: event.forecast_id.clone(),
+            kind: event.kind.to_string(),
+            generated_at: event.generated_at,
+            horizon_days: event.horizon_days,
+            confidence: event.confidence,
+            model_version,
+            leads_counted: leads_counted as i64,
+            event: serde_json::to_string(event)?,
+            detail: serde_json::to_string(detail)?,
+        })
+        .await?;
+    eprintln!(
+        "forecast {} {}",
+        event.forecast_id,
+        if new {
+            "recorded in lead_forecasts"
+        } else {
+            "was already recorded; nothing stored"
+        }
+    );
+    Ok(())
 }
 
 fn format_time(at: Millis) -> String {

@@ -14,6 +14,7 @@
 mod batch;
 mod deliveries;
 mod experiments;
+mod forecasts;
 mod leads;
 mod models;
 mod offsets;
@@ -23,6 +24,7 @@ mod timers;
 pub use batch::{BatchWrite, Batches, LeadWrite};
 pub use deliveries::{Deliveries, DeliveryClaim, DeliveryOutcome, DeliveryRecord};
 pub use experiments::Experiments;
+pub use forecasts::{ForecastRecord, Forecasts};
 pub use leads::{LeadSummary, Leads};
 pub use models::{ModelDocument, ModelEntry, ModelRecord, Models, NewModel};
 pub use offsets::{OffsetAdvance, Offsets, PartitionOffset};
@@ -32,8 +34,8 @@ pub use timers::Timers;
 /// Every concern trait, for calling store methods on a concrete store.
 pub mod prelude {
     pub use super::{
-        Batches, Deliveries, Experiments, LeadStore, Leads, Migrate, Models, Offsets, Outbox,
-        Timers,
+        Batches, Deliveries, Experiments, Forecasts, LeadStore, Leads, Migrate, Models, Offsets,
+        Outbox, Timers,
     };
 }
 
@@ -262,12 +264,30 @@ use store_concern;
 /// Everything the processor, the delivery worker and the tools need of a
 /// store: every concern.
 pub trait LeadStore:
-    Migrate + Leads + Batches + Offsets + Outbox + Timers + Experiments + Models + Deliveries
+    Migrate
+    + Leads
+    + Batches
+    + Offsets
+    + Outbox
+    + Timers
+    + Experiments
+    + Models
+    + Deliveries
+    + Forecasts
 {
 }
 
 impl<T> LeadStore for T where
-    T: Migrate + Leads + Batches + Offsets + Outbox + Timers + Experiments + Models + Deliveries
+    T: Migrate
+        + Leads
+        + Batches
+        + Offsets
+        + Outbox
+        + Timers
+        + Experiments
+        + Models
+        + Deliveries
+        + Forecasts
 {
 }
 
