@@ -199,18 +199,7 @@ async fn replayed_leads(params: &SimulationParams) -> (Vec<LeadState>, Millis) {
     let mut config = Config::default();
     config.database.url = url;
     replay(&config, &store, generate(params)).await.unwrap();
-    let mut leads: Vec<LeadState> = Vec::new();
-    loop {
-        let after = leads
-            .last()
-            .map_or(String::new(), |l| l.lead_ext_id.clone());
-        let page = store.lead_states_page(&after, 10_000).await.unwrap();
-        let done = page.len() < 10_000;
-        leads.extend(page);
-        if done {
-            break;
-        }
-    }
+    let leads = store.all_lead_states().await.unwrap();
     let end = store.newest_update().await.unwrap().unwrap();
     (leads, end)
 }

@@ -145,7 +145,7 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
             );
         }
         ForecastCommand::PipelineValue(args) => {
-            let (leads, at) = leads_as_of(&config, &args.as_of).await?;
+            let (store, leads, at) = leads_as_of(&config, &args.as_of).await?;
             let history = ClosedHistory::as_of(&leads, at, args.horizon.into());
             let deals = pipeline_value::open_deals(&leads, at, &history, true);
             let value =
@@ -163,11 +163,11 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
                     .max();
                 let event = event::pipeline_value_event(&value, at, CSV_LEVELS[0])
                     .context("the forecast has no 80% interval")?;
-                record(&config, &event, model_version, value.open_leads, &value).await?;
+                record(&store, &event, model_version, value.open_leads, &value).await?;
             }
         }
         ForecastCommand::TimeToClose(args) => {
-            let (leads, at) = leads_as_of(&config, &args.as_of).await?;
+            let (store, leads, at) = leads_as_of(&config, &args.as_of).await?;
             let result = time_to_close::time_to_close(&leads, at);
             if args.as_of.json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
@@ -178,7 +178,7 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
                 let event = event::time_to_close_event(&result, at, 0).context(
                     "too few wins to record a time to close: the upper quartile is not known yet",
                 )?;
-                record(&config, &event, None, result.overall.observations, &result).await?;
+                record(&store, &event, None, result.overall.observations, &result).await?;
             }
         }
         ForecastCommand::Backtest(args) => {
@@ -211,7 +211,7 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
             }
             if pipeline_value {
                 let store = open_store(&config).await?;
-                let leads = all_leads(&store).await?;
+                let leads = store.all_lead_states().await?;
                 let end = store
                     .newest_update()
                     .await?
@@ -411,13 +411,12 @@ fn print_time_to_close(result: &time_to_close::TimeToClose, at: Millis) {
 /// Stores `event` with its inputs summarised and the whole `detail`;
 /// says on stderr whether it was new.
 async fn record(
-    config: &Config,
+    store: &Store,
     event: &ForecastEvent,
     model_version: Option<String>,
     leads_counted: usize,
     detail: &impl serde::Serialize,
 ) -> Result<()> {
-    let store = open_store(config).await?;
     let new = store
         .record_forecast(&ForecastRecord {
             forecast_id: event.forecast_id.clone(),
@@ -448,27 +447,11 @@ fn format_time(at: Millis) -> String {
         .map_or(at.to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string())
 }
 
-/// Pages of whole lead states; the forecasts need each lead's history.
-const PAGE: i64 = 5000;
-
-async fn all_leads(store: &Store) -> Result<Vec<LeadState>> {
-    let mut leads: Vec<LeadState> = Vec::new();
-    loop {
-        let after = leads
-            .last()
-            .map_or(String::new(), |l| l.lead_ext_id.clone());
-        let page = store.lead_states_page(&after, PAGE).await?;
-        let done = (page.len() as i64) < PAGE;
-        leads.extend(page);
-        if done {
-            return Ok(leads);
-        }
-    }
-}
-
-async fn leads_as_of(config: &Config, args: &AsOfArgs) -> Result<(Vec<LeadState>, Millis)> {
+/// The store, every lead state (the forecasts need each lead's history)
+/// and the forecast's time.
+async fn leads_as_of(config: &Config, args: &AsOfArgs) -> Result<(Store, Vec<LeadState>, Millis)> {
     let store = open_store(config).await?;
-    let leads = all_leads(&store).await?;
+    let leads = store.all_lead_states().await?;
     let at = match args.at {
         Some(at) => at.timestamp_millis(),
         None => store
@@ -476,7 +459,7 @@ async fn leads_as_of(config: &Config, args: &AsOfArgs) -> Result<(Vec<LeadState>
             .await?
             .context("no leads in the database, so there is nothing to forecast")?,
     };
-    Ok((leads, at))
+    Ok((store, leads, at))
 }
 
 async fn series(config: &Config, args: &SeriesArgs) -> Result<DailySeries> {

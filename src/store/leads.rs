@@ -14,6 +14,9 @@ pub struct LeadSummary {
     pub updated_at: i64,
 }
 
+/// Lead states per query of [`Leads::all_lead_states`].
+const STATE_PAGE: i64 = 5000;
+
 store_concern! {
     /// Lead states: read one, many, a page, the closed and the recent ones.
     pub trait Leads {
@@ -71,22 +74,28 @@ store_concern! {
             .await?)
         }
 
-        /// Whole lead states ordered by id, `limit` from `after`
-        /// (exclusive; "" for the start).
-        async fn lead_states_page(
-            &self,
-            after: &str,
-            limit: i64,
-        ) -> Result<Vec<LeadState>, StoreError> {
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT lead_ext_id, state FROM leads WHERE lead_ext_id > $1
-                 ORDER BY lead_ext_id LIMIT $2",
-            )
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-            rows.iter().map(|(id, json)| decode_state(id, json)).collect()
+        /// Every lead state, ordered by id, read in pages of
+        /// [`STATE_PAGE`] so that no single query holds them all.
+        async fn all_lead_states(&self) -> Result<Vec<LeadState>, StoreError> {
+            let mut leads: Vec<LeadState> = Vec::new();
+            loop {
+                let after = leads.last().map_or(String::new(), |l| l.lead_ext_id.clone());
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT lead_ext_id, state FROM leads WHERE lead_ext_id > $1
+                     ORDER BY lead_ext_id LIMIT $2",
+                )
+                .bind(&after)
+                .bind(STATE_PAGE)
+                .fetch_all(&self.pool)
+                .await?;
+                let done = (rows.len() as i64) < STATE_PAGE;
+                for (id, json) in &rows {
+                    leads.push(decode_state(id, json)?);
+                }
+                if done {
+                    return Ok(leads);
+                }
+            }
         }
 
         /// Closed leads whose close (stage_entered_at) is at or after `since`.
