@@ -52,6 +52,7 @@ fn dataset(leads: u32, scoring: &ScoringConfig) -> Dataset {
         dedup_window: 64,
         model: None,
         nurture: None,
+        forecast_slots: None,
     };
     let examples = (0..leads)
         .into_par_iter()

@@ -150,6 +150,56 @@ fn json(db: &str, args: &[&str]) -> serde_json::Value {
 
 async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
     let start = replayed(url, store).await;
+    // The replay ran the weekly schedule on event time: every Monday from
+    // the first one after the first lead, each kind once per slot as soon
+    // as the data allow it (lead generation needs nine weeks of history).
+    let scheduled = store.forecasts(None, 1_000).await.unwrap();
+    assert!(scheduled.iter().all(|r| r.scheduled));
+    let first_monday = start + 4 * MILLIS_PER_DAY;
+    let week = 7 * MILLIS_PER_DAY;
+    for kind in ["pipeline_value", "time_to_close", "lead_generation"] {
+        let mut slots: Vec<i64> = scheduled
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.generated_at)
+            .collect();
+        slots.sort();
+        assert!(slots.len() >= 15, "{kind}: {} slots", slots.len());
+        assert!(
+            slots.iter().all(|t| (t - first_monday) % week == 0),
+            "{kind} on Mondays"
+        );
+        assert!(
+            slots.windows(2).all(|w| w[1] - w[0] == week),
+            "{kind} every week, once"
+        );
+        assert_eq!(
+            *slots.last().unwrap(),
+            first_monday + 27 * week,
+            "{kind}: up to the last Monday"
+        );
+    }
+    let first_pipeline = scheduled
+        .iter()
+        .filter(|r| r.kind == "pipeline_value")
+        .map(|r| r.generated_at)
+        .min();
+    assert_eq!(first_pipeline, Some(first_monday));
+    let generation = scheduled
+        .iter()
+        .find(|r| r.kind == "lead_generation")
+        .unwrap();
+    let event: leadflow::events::ForecastEvent = serde_json::from_str(&generation.event).unwrap();
+    let daily = &event.lead_generation.as_ref().unwrap().daily;
+    assert_eq!(daily.len(), 14);
+    assert_eq!(
+        daily[0].date,
+        chrono::DateTime::from_timestamp_millis(generation.generated_at)
+            .unwrap()
+            .date_naive()
+            .to_string(),
+        "the forecast starts on its slot's day"
+    );
     let open = store
         .all_lead_states()
         .await
@@ -227,7 +277,13 @@ async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
         "{}",
         text(&again).1
     );
-    let stored = store.forecasts(None, 10).await.unwrap();
+    let stored: Vec<_> = store
+        .forecasts(None, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.scheduled)
+        .collect();
     let mut kinds: Vec<&str> = stored.iter().map(|r| r.kind.as_str()).collect();
     kinds.sort();
     assert_eq!(kinds, ["pipeline_value", "time_to_close"]);
@@ -236,7 +292,9 @@ async fn forecasts_from_the_store<S: LeadStore>(url: &str, store: &S) {
         assert_eq!(event.forecast_id, record.forecast_id);
         assert_eq!(event.kind.as_str(), record.kind);
     }
-    let pipeline = &store.forecasts(Some("pipeline_value"), 10).await.unwrap()[0];
+    // Each waits in the outbox for partition 0's owner to publish it.
+    assert_eq!(store.outbox_depth().await.unwrap(), 2);
+    let pipeline = stored.iter().find(|r| r.kind == "pipeline_value").unwrap();
     assert_eq!(pipeline.leads_counted as usize, open);
     assert_eq!(pipeline.confidence, 0.8);
     let recorded: serde_json::Value = serde_json::from_str(&pipeline.detail).unwrap();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["events", "metrics", "retry"],
     &["codec", "templates", "testing"],
-    &["core::ids"],
+    &["core::ids", "core::slots"],
     &["core::rules"],
     &["core::state"],
     &["core::clock"],

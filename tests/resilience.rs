@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use leadflow::codec::Codec;
 use leadflow::config::Config;
+use leadflow::events::ForecastEvent;
 use leadflow::kafka::{self, InputFormat};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, PgStore};
 
 use common::{
-    all_states, assert_same_states, clean_run, committed_messages, published_output_ids,
-    spawn_pipeline, test_config, CleanRun,
+    all_states, assert_same_states, clean_run, committed_messages, published_forecasts,
+    published_output_ids, spawn_pipeline, test_config, CleanRun,
 };
 
 fn resilience_config(url: &str) -> Config {
@@ -118,6 +119,21 @@ async fn assert_equals_clean_run<S: LeadStore>(store: &S, config: &Config, clean
     // acknowledged by the broker just before a kill is published again with
     // the same id after the restart; consumers drop such repeats by id.
     assert_eq!(distinct, clean.output_ids, "published output ids");
+    // Forecasts: the same figures as the replay's, stored once each.
+    let mut forecasts = BTreeMap::new();
+    for f in published_forecasts(config).await {
+        if let Some(earlier) = forecasts.insert(f.forecast_id.clone(), f.clone()) {
+            assert_eq!(earlier, f, "a republished forecast is the same forecast");
+        }
+    }
+    assert_eq!(forecasts, clean.forecasts, "published forecasts");
+    let stored = store.forecasts(None, 10_000).await.unwrap();
+    assert_eq!(stored.len(), clean.forecasts.len(), "stored once each");
+    for row in stored {
+        assert!(row.scheduled);
+        let event: ForecastEvent = serde_json::from_str(&row.event).unwrap();
+        assert_eq!(Some(&event), clean.forecasts.get(&row.forecast_id));
+    }
 }
 
 async fn publish(config: &Config, seed: u64, leads: u32) -> Vec<leadflow::events::InputEvent> {
@@ -168,6 +184,70 @@ async fn survives_sigkill_at_several_points<S: LeadStore + 'static>(store: Arc<S
     let clean = clean_run(&config, &events).await;
     // Nurturing is on: the kills also land among timer firings and messages.
     assert!(clean.messages > 100, "{} messages", clean.messages);
+    assert_equals_clean_run(store.as_ref(), &config, &clean).await;
+}
+
+/// Eleven weeks of weekly-seasonal inflow that doubles over the period, so
+/// every forecast kind falls due on the schedule (lead generation needs
+/// nine weeks of history), with kills among the slots. Each forecast is
+/// published with the replay's figures and stored once.
+async fn makes_each_forecast_once_across_sigkills<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    let mut config = resilience_config(url);
+    config.processor.batch_size = 40;
+    kafka::create_topics(&config).await.unwrap();
+    let events = simulate::generate(&SimulationParams {
+        inflow_growth: 1.0,
+        source_shares: Default::default(),
+        seed: 33,
+        leads: 500,
+        days: 77,
+        start: 1_767_225_600_000,
+    });
+    kafka::publish_inputs(&config, &Codec::new(None), &events, InputFormat::Avro, 0)
+        .await
+        .unwrap();
+    let total = events.len() as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(dir.path(), &config);
+    let log = dir.path().join("processor.log");
+    for fraction in [0.5, 0.75, 0.9] {
+        let mut child = spawn_processor(&config_path, &log, &[]);
+        wait_for_progress(
+            store.as_ref(),
+            &config,
+            (total as f64 * fraction) as i64,
+            &mut child,
+            &log,
+        )
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut last = spawn_processor(&config_path, &log, &["--exit-when-idle", "8"]);
+    wait_for_exit(&mut last, &log, Duration::from_secs(180));
+    let clean = clean_run(&config, &events).await;
+    let kinds: BTreeSet<&str> = clean.forecasts.values().map(|f| f.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["lead_generation", "pipeline_value", "time_to_close"]),
+        "every kind is made: {:?}",
+        clean
+            .forecasts
+            .values()
+            .map(|f| (f.kind, f.generated_at))
+            .collect::<Vec<_>>()
+    );
+    // Eleven Mondays fall in the eleven weeks; each whose grace period the
+    // slowest partition passed makes a pipeline value.
+    let slots = clean
+        .forecasts
+        .values()
+        .filter(|f| f.kind.as_str() == "pipeline_value")
+        .count();
+    assert!(slots >= 10, "one pipeline value per weekly slot: {slots}");
     assert_equals_clean_run(store.as_ref(), &config, &clean).await;
 }
 
@@ -224,6 +304,7 @@ extern "C" {
 
 backend_tests!(
     survives_sigkill_at_several_points,
+    makes_each_forecast_once_across_sigkills,
     survives_a_member_joining_and_one_leaving
 );
 

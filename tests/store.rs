@@ -11,7 +11,8 @@ use leadflow::core::state::{
 use leadflow::events::{InteractionKind, Segment, Stage};
 use leadflow::store::prelude::*;
 use leadflow::store::{
-    BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, PartitionOffset, StoreError,
+    BatchWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, PartitionOffset,
+    StoreError,
 };
 
 fn full_state(id: &str) -> LeadState {
@@ -175,6 +176,7 @@ async fn commit_overwrites_and_fences_offsets<S: LeadStore>(store: Arc<S>, _url:
             leads: vec![LeadWrite::new(&stale, 0)],
             offsets: vec![advance(1, Some(7), 9), advance(0, Some(10), 30)],
             outbox: vec![outbox_row("o-stale", 0)],
+            forecasts: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -469,7 +471,79 @@ async fn experiment_members_are_counted_per_variant<S: LeadStore>(store: Arc<S>,
     );
 }
 
+fn forecast(id: &str, at: i64, scheduled: bool) -> ForecastRecord {
+    ForecastRecord {
+        forecast_id: id.into(),
+        kind: "pipeline_value".into(),
+        generated_at: at,
+        horizon_days: 30,
+        confidence: 0.8,
+        model_version: None,
+        leads_counted: 12,
+        event: format!("{{\"forecast_id\":\"{id}\"}}"),
+        detail: "{}".into(),
+        scheduled,
+    }
+}
+
+async fn forecasts_are_stored_and_queued_once<S: LeadStore>(store: Arc<S>, _url: &str) {
+    assert_eq!(store.last_scheduled_forecast().await.unwrap(), None);
+    assert_eq!(store.earliest_creation().await.unwrap(), None);
+    let made = |id: &str, at: i64, scheduled: bool, offsets: Vec<OffsetAdvance>| BatchWrite {
+        consumer_group: "g",
+        offsets,
+        outbox: vec![outbox_row(id, 0)],
+        forecasts: vec![forecast(id, at, scheduled)],
+        ..Default::default()
+    };
+    store
+        .commit_batch(&lead_batch([], vec![advance(0, None, 5)]))
+        .await
+        .unwrap();
+    store
+        .commit_batch(&made("F-1", 1_000, true, vec![advance(0, Some(5), 5)]))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 1);
+    let pending = store.outbox_pending(&[0], 10).await.unwrap();
+    store.outbox_delete(&[pending[0].seq]).await.unwrap();
+    // Made again after it was published (a restart before the schedule
+    // moved on): neither stored nor queued a second time.
+    store
+        .commit_batch(&made("F-1", 1_000, true, vec![advance(0, Some(5), 5)]))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    // A zombie that believes partition 0 is elsewhere stores nothing.
+    let err = store
+        .commit_batch(&made("F-2", 2_000, true, vec![advance(0, Some(4), 4)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert!(!store.forecast_stored("F-2").await.unwrap());
+    // On demand, later: listed, but the schedule goes on from its own.
+    store
+        .commit_batch(&made("F-3", 9_000, false, Vec::new()))
+        .await
+        .unwrap();
+    assert!(store.forecast_stored("F-1").await.unwrap());
+    assert_eq!(store.last_scheduled_forecast().await.unwrap(), Some(1_000));
+    let listed = store.forecasts(None, 10).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![forecast("F-3", 9_000, false), forecast("F-1", 1_000, true)]
+    );
+    let mut lead = full_state("WEB-9");
+    lead.created_at = Some(777);
+    store
+        .commit_batch(&lead_batch([&lead], Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(store.earliest_creation().await.unwrap(), Some(777));
+}
+
 backend_tests!(
+    forecasts_are_stored_and_queued_once,
     timers_are_found_by_partition_and_fired_once,
     experiment_members_are_counted_per_variant,
     state_round_trips_field_by_field,

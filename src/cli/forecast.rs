@@ -6,15 +6,17 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use leadflow::config::Config;
+use leadflow::core::clock::wall_clock_millis;
 use leadflow::core::state::LeadState;
-use leadflow::events::{ForecastEvent, Millis, MILLIS_PER_DAY};
-use leadflow::forecast::event;
+use leadflow::events::{Millis, MILLIS_PER_DAY};
 use leadflow::forecast::lead_generation;
-use leadflow::forecast::pipeline_value::{self, ClosedHistory};
+use leadflow::forecast::pipeline_value;
+use leadflow::forecast::scheduled::{self, MadeForecast};
 use leadflow::forecast::series::DailySeries;
 use leadflow::forecast::time_to_close::{self, CloseSummary};
+use leadflow::pipeline::forecasts::record_on_demand;
 use leadflow::store::prelude::*;
-use leadflow::store::{ForecastRecord, Store};
+use leadflow::store::Store;
 
 use super::open_store;
 
@@ -146,24 +148,18 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
         }
         ForecastCommand::PipelineValue(args) => {
             let (store, leads, at) = leads_as_of(&config, &args.as_of).await?;
-            let history = ClosedHistory::as_of(&leads, at, args.horizon.into());
-            let deals = pipeline_value::open_deals(&leads, at, &history, true);
-            let value =
-                pipeline_value::pipeline_value(&deals, &history, args.horizon.into(), &CSV_LEVELS)?;
+            let (value, model_version) =
+                scheduled::pipeline_value_as_of(&leads, at, args.horizon, &CSV_LEVELS)
+                    .map_err(|n| anyhow::anyhow!(n.reason))?;
             if args.as_of.json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_pipeline_value(&value, at);
             }
             if args.as_of.record {
-                let model_version = leads
-                    .iter()
-                    .filter(|l| !l.stage.is_closed())
-                    .filter_map(|l| l.score.as_ref()?.model_version.clone())
-                    .max();
-                let event = event::pipeline_value_event(&value, at, CSV_LEVELS[0])
-                    .context("the forecast has no 80% interval")?;
-                record(&store, &event, model_version, value.open_leads, &value).await?;
+                let made = scheduled::made_pipeline_value(&value, model_version, at, CSV_LEVELS[0])
+                    .map_err(|n| anyhow::anyhow!(n.reason))?;
+                record(&config, &store, made).await?;
             }
         }
         ForecastCommand::TimeToClose(args) => {
@@ -175,10 +171,9 @@ pub(crate) async fn forecast(config: Config, command: ForecastCommand) -> Result
                 print_time_to_close(&result, at);
             }
             if args.as_of.record {
-                let event = event::time_to_close_event(&result, at, 0).context(
-                    "too few wins to record a time to close: the upper quartile is not known yet",
-                )?;
-                record(&store, &event, None, result.overall.observations, &result).await?;
+                let made = scheduled::made_time_to_close(&result, at)
+                    .map_err(|n| anyhow::anyhow!("nothing recorded: {}", n.reason))?;
+                record(&config, &store, made).await?;
             }
         }
         ForecastCommand::Backtest(args) => {
@@ -408,35 +403,17 @@ fn print_time_to_close(result: &time_to_close::TimeToClose, at: Millis) {
     }
 }
 
-/// Stores `event` with its inputs summarised and the whole `detail`;
-/// says on stderr whether it was new.
-async fn record(
-    store: &Store,
-    event: &ForecastEvent,
-    model_version: Option<String>,
-    leads_counted: usize,
-    detail: &impl serde::Serialize,
-) -> Result<()> {
-    let new = store
-        .record_forecast(&ForecastRecord {
-            forecast_id: event.forecast_id.clone(),
-            kind: event.kind.to_string(),
-            generated_at: event.generated_at,
-            horizon_days: event.horizon_days,
-            confidence: event.confidence,
-            model_version,
-            leads_counted: leads_counted as i64,
-            event: serde_json::to_string(event)?,
-            detail: serde_json::to_string(detail)?,
-        })
-        .await?;
+/// Stores the forecast with its inputs summarised and puts it in the
+/// outbox (partition 0's owner publishes it); says on stderr whether it was new.
+async fn record(config: &Config, store: &Store, made: MadeForecast) -> Result<()> {
+    let id = made.event.forecast_id.clone();
+    let new = record_on_demand(store, config, &[made], wall_clock_millis()).await?;
     eprintln!(
-        "forecast {} {}",
-        event.forecast_id,
-        if new {
-            "recorded in lead_forecasts"
-        } else {
+        "forecast {id} {}",
+        if new.is_empty() {
             "was already recorded; nothing stored"
+        } else {
+            "recorded in lead_forecasts and queued for lead-forecasts"
         }
     );
     Ok(())

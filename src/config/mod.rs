@@ -17,6 +17,7 @@
 //! One file past 600 lines on purpose: every section's keys and their
 //! validation, so that one file says what a configuration may contain.
 
+pub mod forecast;
 pub mod notify;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,7 @@ pub struct Config {
     pub scoring: ScoringConfig,
     pub nurture: NurtureConfig,
     pub notify: notify::NotifyConfig,
+    pub forecast: forecast::ForecastConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -502,7 +504,8 @@ impl Config {
             .map_err(|(key, reason)| invalid(&format!("scoring.{key}"), reason))?;
         self.nurture
             .validate()
-            .map_err(|(key, reason)| invalid(&format!("nurture.{key}"), reason))
+            .map_err(|(key, reason)| invalid(&format!("nurture.{key}"), reason))?;
+        self.forecast.check()
     }
 }
 

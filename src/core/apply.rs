@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 use crate::core::ids::output_id;
 use crate::core::nurture::{self, FireClock, NurtureConfig};
 use crate::core::rules::{RuleConfig, SegmentThresholds};
+use crate::core::slots::ForecastSlots;
 use crate::core::state::{
     ChannelConsent, InteractionStats, LeadState, NurtureState, ScoreSnapshot, StageTransition,
 };
 use crate::events::{
-    Channel, DeliveryEvent, DeliveryStatus, InputEvent, InteractionEvent, InteractionKind,
-    LeadEvent, LeadEventKind, LeadScore, Millis, OutboundMessage, ScoreFactor, Stage,
-    StageChangeEvent,
+    Channel, DeliveryEvent, DeliveryStatus, ForecastEvent, InputEvent, InteractionEvent,
+    InteractionKind, LeadEvent, LeadEventKind, LeadScore, Millis, OutboundMessage, ScoreFactor,
+    Stage, StageChangeEvent,
 };
 
 /// What scoring reads of the configuration.
@@ -60,6 +61,10 @@ pub struct ApplyContext<'a> {
     /// Nurturing rules; `None` applies events without nurturing (an import
     /// of history must not enrol leads in the past).
     pub nurture: Option<&'a NurtureConfig>,
+    /// When scheduled forecasts fall, so that each lead keeps its score at
+    /// each slot; `None` when the processor makes no scheduled forecasts
+    /// (and in an import: its leads' past scores were never computed).
+    pub forecast_slots: Option<ForecastSlots>,
 }
 
 /// The clock a batch is applied with.
@@ -99,6 +104,7 @@ pub fn apply_batch(
 ) -> BatchOutcome {
     let ctx = ApplyContext {
         nurture: ctx.nurture.filter(|_| clock != BatchClock::Import),
+        forecast_slots: ctx.forecast_slots.filter(|_| clock != BatchClock::Import),
         ..*ctx
     };
     let mut outcome = BatchOutcome::default();
@@ -147,6 +153,9 @@ pub fn apply_batch(
 pub enum Output {
     Score(LeadScore),
     Message(OutboundMessage),
+    /// Made by the processor's forecast schedule, not by an event; in the
+    /// core's type so that it takes the one commit path and the outbox.
+    Forecast(ForecastEvent),
 }
 
 impl Output {
@@ -155,6 +164,7 @@ impl Output {
         match self {
             Output::Score(s) => &s.score_id,
             Output::Message(m) => &m.message_id,
+            Output::Forecast(f) => &f.forecast_id,
         }
     }
 }
@@ -176,6 +186,9 @@ pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_
             outputs: Vec::new(),
             duplicate: true,
         };
+    }
+    if let Some(slots) = &ctx.forecast_slots {
+        state.keep_slot_score(event.occurred_at(), slots);
     }
     match event {
         InputEvent::Lead(e) => apply_lead(&mut state, e),

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::core::rules::{DecayedSum, RuleConfig, RuleInputs};
+use crate::core::slots::ForecastSlots;
 use crate::events::{Channel, InteractionKind, Millis, Segment, Stage};
 
 /// Consent for one channel: what was said, when and where.
@@ -60,6 +61,19 @@ pub struct ScoreSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
 }
+
+/// The score a lead held from `from` (its latest event time then) until the
+/// event at `until` replaced it, kept when a forecast slot fell in between.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotScore {
+    pub from: Millis,
+    pub until: Millis,
+    pub score: Option<ScoreSnapshot>,
+}
+
+/// Slot scores a lead keeps: a forecast may run this many slots behind
+/// the lead's latest event and still see the score the lead had at its slot.
+pub const SLOT_SCORES_KEPT: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeadState {
@@ -108,6 +122,10 @@ pub struct LeadState {
     /// Where the lead stands in nurturing, and its next timer.
     #[serde(default, skip_serializing_if = "NurtureState::is_default")]
     pub nurture: NurtureState,
+    /// The scores it held at the latest forecast slots, oldest first (at
+    /// most [`SLOT_SCORES_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slot_scores: Vec<SlotScore>,
 }
 
 impl LeadState {
@@ -144,11 +162,45 @@ impl LeadState {
             events_applied: 0,
             pre_close: None,
             nurture: NurtureState::default(),
+            slot_scores: Vec::new(),
         }
     }
 
     pub fn interaction_count(&self, kind: InteractionKind) -> u64 {
         self.interactions.get(&kind).map_or(0, |s| s.count)
+    }
+
+    /// The score the lead held at `at`: its current one if no event since
+    /// has changed it, else the one kept for the slot; `None` when that is
+    /// no longer known (the lead moved past more than [`SLOT_SCORES_KEPT`]
+    /// slots since, or `at` was not a slot).
+    pub fn score_as_of(&self, at: Millis) -> Option<Option<&ScoreSnapshot>> {
+        if self.updated_at <= at {
+            return Some(self.score.as_ref());
+        }
+        self.slot_scores
+            .iter()
+            .find(|s| s.from <= at && at < s.until)
+            .map(|s| s.score.as_ref())
+    }
+
+    /// Before an event at `at` is applied: if a slot falls between the
+    /// latest event time and `at`, keep the score the lead holds now.
+    pub(crate) fn keep_slot_score(&mut self, at: Millis, slots: &ForecastSlots) {
+        if self.events_applied == 0
+            || at <= self.updated_at
+            || slots.last_before(at) < self.updated_at
+        {
+            return;
+        }
+        if self.slot_scores.len() == SLOT_SCORES_KEPT {
+            self.slot_scores.remove(0);
+        }
+        self.slot_scores.push(SlotScore {
+            from: self.updated_at,
+            until: at,
+            score: self.score.clone(),
+        });
     }
 
     pub(crate) fn has_seen(&self, event_id: &str) -> bool {

@@ -53,6 +53,7 @@ impl Lead {
             dedup_window: 64,
             model: None,
             nurture: Some(&self.config),
+            forecast_slots: None,
         };
         let mut states: HashMap<String, LeadState> = self
             .state

@@ -15,8 +15,15 @@ use crate::core::apply::{self, ApplyContext, BatchClock, ConversionModel, Output
 use crate::core::nurture::FireClock;
 use crate::core::state::LeadState;
 use crate::events::{InputEvent, Millis};
+use crate::forecast::scheduled::{forecasts_as_of, ForecastPlan, MadeForecast, NotMade};
 use crate::ml::ActiveModel;
-use crate::store::{BatchWrite, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, StoreError};
+use crate::store::{
+    BatchWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, StoreError,
+};
+
+/// The input partition whose owner makes the scheduled forecasts: their
+/// outbox rows carry it, so exactly one relay publishes them.
+pub const FORECAST_PARTITION: i32 = 0;
 
 use super::assignment::TopicPartition;
 use super::timers::{fire_round, FiredLead};
@@ -66,6 +73,8 @@ pub enum Work<'a> {
         clock: FireClock,
         limit: usize,
     },
+    /// Every forecast kind as of `at`, over all leads, for the schedule.
+    Forecasts { at: Millis },
 }
 
 /// What the transaction checks to be this instance's to write.
@@ -94,6 +103,10 @@ pub struct Prepared {
     pub outputs: Vec<(i32, Output)>,
     pub applied: u64,
     pub duplicates: u64,
+    /// Forecasts to store with their outputs.
+    pub forecasts: Vec<ForecastRecord>,
+    /// Forecast kinds the data did not allow.
+    pub not_made: Vec<NotMade>,
 }
 
 /// Loads the leads `work` needs and applies it in the core.
@@ -120,10 +133,38 @@ pub async fn prepare<S: LeadStore>(
                 ..Prepared::default()
             })
         }
+        Work::Forecasts { at } => {
+            let leads = store.all_lead_states().await?;
+            let f = &config.forecast;
+            let plan = ForecastPlan {
+                horizon_days: f.horizon_days,
+                lead_generation_days: f.lead_generation_days,
+                levels: &f.levels,
+            };
+            let (made, not_made) = forecasts_as_of(&leads, at, &plan);
+            Ok(Prepared::forecasts(&made, true, not_made))
+        }
     }
 }
 
 impl Prepared {
+    /// Forecasts to commit, published through the outbox of partition 0
+    /// (its owner makes the schedule's forecasts and relays them).
+    pub fn forecasts(made: &[MadeForecast], scheduled: bool, not_made: Vec<NotMade>) -> Prepared {
+        Prepared {
+            outputs: made
+                .iter()
+                .map(|m| (FORECAST_PARTITION, Output::Forecast(m.event.clone())))
+                .collect(),
+            forecasts: made
+                .iter()
+                .map(|m| ForecastRecord::new(m, scheduled))
+                .collect(),
+            not_made,
+            ..Prepared::default()
+        }
+    }
+
     /// Writes the states, the outputs and the fence in one transaction
     /// (nothing at all when there is nothing to write).
     pub async fn commit<S: LeadStore>(
@@ -137,7 +178,12 @@ impl Prepared {
             Fence::None => Vec::new(),
             Fence::Advance(advances) => advances.to_vec(),
             Fence::Hold(positions) => {
-                let written: BTreeSet<i32> = self.leads.iter().map(|l| l.partition).collect();
+                let written: BTreeSet<i32> = self
+                    .leads
+                    .iter()
+                    .map(|l| l.partition)
+                    .chain(self.outputs.iter().map(|(p, _)| *p))
+                    .collect();
                 // Advancing nothing, these only check that the partitions are
                 // still this instance's: a zombie must not fire timers.
                 positions
@@ -162,7 +208,11 @@ impl Prepared {
                 .collect(),
             Sink::Caller => Vec::new(),
         };
-        if self.leads.is_empty() && offsets.is_empty() && outbox.is_empty() {
+        if self.leads.is_empty()
+            && offsets.is_empty()
+            && outbox.is_empty()
+            && self.forecasts.is_empty()
+        {
             return Ok(());
         }
         store
@@ -171,6 +221,7 @@ impl Prepared {
                 leads: self.leads.iter().map(TouchedLead::write).collect(),
                 offsets,
                 outbox,
+                forecasts: self.forecasts.clone(),
             })
             .await
     }
@@ -212,6 +263,7 @@ async fn load_and_apply<S: LeadStore>(
         dedup_window: config.processor.dedup_window,
         model: model.map(|m| m as &dyn ConversionModel),
         nurture: config.nurture.enabled.then_some(&config.nurture),
+        forecast_slots: config.forecast.enabled_slots(),
     };
     let outcome = apply::apply_batch(&mut states, events, &ctx, clock);
     let leads = outcome
@@ -234,6 +286,7 @@ async fn load_and_apply<S: LeadStore>(
         outputs: outcome.outputs,
         applied: outcome.applied,
         duplicates: outcome.duplicates,
+        ..Prepared::default()
     })
 }
 
@@ -256,6 +309,7 @@ pub fn outbox_row(config: &Config, partition: i32, output: &Output, now: Millis)
     let (topic, key) = match output {
         Output::Score(s) => (&config.topics.scores, &s.lead_ext_id),
         Output::Message(m) => (&config.topics.outbound, &m.lead_ext_id),
+        Output::Forecast(f) => (&config.topics.forecasts, &f.kind.to_string()),
     };
     NewOutboxRow {
         output_id: output.id().to_string(),

@@ -55,6 +55,10 @@ pub(super) struct LoopState {
     pub(super) waiting_since: HashMap<i32, Instant>,
     /// Latest event time applied per partition (the clock on event time).
     pub(super) stream_time: BTreeMap<i32, Millis>,
+    /// The forecast schedule's next slot, once read from the store.
+    pub(super) forecast_next: Option<Millis>,
+    /// When the schedule was last looked at.
+    pub(super) forecast_checked: Option<Instant>,
 }
 
 impl LoopState {
@@ -264,6 +268,10 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 }
                 last_tick = Instant::now();
             }
+            if self.run_forecast_schedule(&mut state, &mut summary).await? > 0 {
+                wake.notify_one();
+                last_activity = Instant::now();
+            }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 self.update_lag(&state);
                 info!(?summary, buffered = state.buffered(), "progress");
@@ -389,14 +397,10 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 .waiting_since
                 .get(&partition)
                 .is_some_and(|since| since.elapsed() >= max_wait);
+            let (positions, received) = (&state.positions, &state.received);
             let caught_up = |stream: InputStream| {
-                let topic = self.config.topics.input(stream);
-                let tp = (topic.to_string(), partition);
-                let Some(position) = state.positions.get(&tp) else {
-                    return true;
-                };
-                let next = state.received.get(&tp).copied().or(*position).unwrap_or(0);
-                matches!(self.cached_high_watermark(topic, partition), Some(high) if next >= high)
+                self.stream_caught_up(positions, received, stream, partition)
+                    .unwrap_or(true)
             };
             let mut out = Vec::new();
             let buffer = state.buffers.get_mut(&partition).expect("listed partition");
@@ -417,6 +421,29 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             ready.extend(out.into_iter().map(|(s, p)| (partition, s, p)));
         }
         ready
+    }
+
+    /// Whether `stream`'s part of `partition` is read to the end of the log
+    /// as librdkafka last saw it; `None` when this instance does not own it.
+    fn stream_caught_up(
+        &self,
+        positions: &BTreeMap<TopicPartition, Option<i64>>,
+        received: &HashMap<TopicPartition, i64>,
+        stream: InputStream,
+        partition: i32,
+    ) -> Option<bool> {
+        let topic = self.config.topics.input(stream);
+        let tp = (topic.to_string(), partition);
+        let position = positions.get(&tp)?;
+        let next = received.get(&tp).copied().or(*position).unwrap_or(0);
+        Some(matches!(self.cached_high_watermark(topic, partition), Some(high) if next >= high))
+    }
+
+    /// Whether this instance owns `partition` and has read all of it.
+    pub(super) fn partition_caught_up(&self, state: &LoopState, partition: i32) -> bool {
+        InputStream::ALL.iter().all(|s| {
+            self.stream_caught_up(&state.positions, &state.received, *s, partition) == Some(true)
+        })
     }
 
     /// librdkafka's high watermark from its last fetch response (no request).

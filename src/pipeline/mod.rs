@@ -18,6 +18,9 @@
 //! - **Timers.** Between batches the loop fires the nurturing timers due by
 //!   its clock in its partitions ([`timers`]), in transactions fenced like
 //!   batches.
+//! - **Forecasts.** The owner of partition 0 makes the scheduled forecasts
+//!   when its clock passes a slot ([`forecasts`]), stored and put in the
+//!   outbox in one transaction fenced like a timer round.
 //! - **Bad input.** A message that cannot be decoded goes to the dead-letter
 //!   topic with its reason, and its offset is committed with the batch. If
 //!   most of a window of messages is bad, the processor stops: that is a bad
@@ -29,6 +32,7 @@ mod batch;
 pub mod commit;
 mod consume;
 mod decode;
+pub mod forecasts;
 pub mod merge;
 pub mod models;
 pub mod outbox;

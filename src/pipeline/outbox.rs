@@ -115,6 +115,7 @@ impl<S: LeadStore + 'static> OutboxRelay<S> {
             let payload = match &output {
                 Output::Score(score) => self.codec.encode(&row.topic, score).await?,
                 Output::Message(message) => self.codec.encode(&row.topic, message).await?,
+                Output::Forecast(forecast) => self.codec.encode(&row.topic, forecast).await?,
             };
             let producer = self.producer.get();
             acks.push_back(async move {

@@ -3,9 +3,11 @@
 //! and each group is merged exactly as the live loop merges it, so a replay
 //! ends in the same state and the same output ids as a live run of the same
 //! events. Outputs go to JSON Lines files, one per output topic, instead of
-//! the outbox.
+//! the outbox. The partitions are interleaved by event time and the forecast
+//! schedule runs on the slowest one's clock, as it does live, so the replay
+//! makes the same forecasts too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
 
@@ -13,12 +15,13 @@ use crate::config::Config;
 use crate::core::apply::BatchClock;
 use crate::core::apply::Output;
 use crate::core::nurture::FireClock;
-use crate::events::InputEvent;
+use crate::events::{InputEvent, Millis};
 use crate::kafka::partition_for_key;
 use crate::ml::ActiveModel;
 use crate::store::{LeadStore, StoreError};
 
 use super::commit::{apply_and_commit, outbox_row, prepare, Fence, Sink, Work};
+use super::forecasts::{make_slot, Schedule};
 use super::merge::{MergeBuffer, Pending};
 use super::RunSummary;
 
@@ -52,11 +55,24 @@ pub fn live_order(config: &Config, events: Vec<InputEvent>) -> Vec<(i32, InputEv
         );
         *offset += 1;
     }
-    let mut ordered = Vec::new();
-    for (partition, mut buffer) in buffers {
-        let mut out = Vec::new();
-        buffer.drain(|_| true, &mut out);
-        ordered.extend(out.into_iter().map(|(_, p)| (partition, p.item)));
+    let mut queues: Vec<std::collections::VecDeque<(i32, InputEvent)>> = buffers
+        .into_iter()
+        .map(|(partition, mut buffer)| {
+            let mut out = Vec::new();
+            buffer.drain(|_| true, &mut out);
+            out.into_iter().map(|(_, p)| (partition, p.item)).collect()
+        })
+        .collect();
+    // The partitions interleaved by event time (each in its own order), as
+    // a live processor reading them all at once moves through them: the
+    // forecast schedule's clock is the slowest partition's.
+    let mut ordered = Vec::with_capacity(queues.iter().map(|q| q.len()).sum());
+    while let Some(next) = queues
+        .iter_mut()
+        .filter(|q| !q.is_empty())
+        .min_by_key(|q| q.front().map(|(p, e)| (e.occurred_at(), *p)))
+    {
+        ordered.extend(next.pop_front());
     }
     ordered
 }
@@ -138,9 +154,11 @@ pub async fn sweep_timers<S: LeadStore>(
 }
 
 /// Applies already ordered events in transactions of `processor.batch_size`,
-/// with event time as the clock (`clock` is `Replay` or `Import`); no
+/// with event time as the clock (`clock` is `EventTime` or `Import`); no
 /// offsets are written (the input is not a topic) and the outputs are
-/// returned, not put in the outbox.
+/// returned, not put in the outbox. On event time the forecast schedule
+/// runs between transactions on the live processor's clock: the latest
+/// event time of the partition furthest behind.
 pub async fn apply_in_batches<S: LeadStore>(
     store: &S,
     config: &Config,
@@ -150,6 +168,10 @@ pub async fn apply_in_batches<S: LeadStore>(
 ) -> Result<(RunSummary, Vec<Output>), StoreError> {
     let mut summary = RunSummary::default();
     let mut outputs = Vec::new();
+    let schedule = Schedule::new(config).filter(|_| clock == BatchClock::EventTime);
+    let partitions: BTreeSet<i32> = ordered.iter().map(|(p, _)| *p).collect();
+    let mut stream_time: BTreeMap<i32, Millis> = BTreeMap::new();
+    let mut next_slot = None;
     for chunk in ordered.chunks(config.processor.batch_size.max(1)) {
         let work = Work::Events {
             events: chunk,
@@ -163,6 +185,32 @@ pub async fn apply_in_batches<S: LeadStore>(
         summary.consumed += chunk.len() as u64;
         summary.batches += 1;
         outputs.extend(applied.outputs.into_iter().map(|(_, o)| o));
+        let Some(schedule) = &schedule else {
+            continue;
+        };
+        for (partition, event) in chunk {
+            let t = stream_time.entry(*partition).or_insert(event.occurred_at());
+            *t = (*t).max(event.occurred_at());
+        }
+        if stream_time.len() < partitions.len() {
+            continue;
+        }
+        let slowest = *stream_time.values().min().expect("some partition");
+        let next = match next_slot {
+            Some(next) => next,
+            None => match schedule.next_slot(store).await? {
+                Some(next) => next,
+                None => continue,
+            },
+        };
+        let (due, _) = schedule.due(next, slowest);
+        next_slot = Some(next);
+        for slot in due {
+            let made = make_slot(store, config, slot, Fence::None, Sink::Caller).await?;
+            summary.outputs += made.outputs.len() as u64;
+            outputs.extend(made.outputs.into_iter().map(|(_, o)| o));
+            next_slot = Some(slot + schedule.slots.every());
+        }
     }
     Ok((summary, outputs))
 }

@@ -1,4 +1,5 @@
-//! The one write of the commit path: leads, their experiment memberships, offsets and outbox rows in one transaction.
+//! The one write of the commit path: leads, their experiment memberships,
+//! offsets, forecasts and outbox rows in one transaction.
 
 use super::*;
 
@@ -24,6 +25,9 @@ pub struct BatchWrite<'a> {
     /// still owns the partition (timer commits advance no offset).
     pub offsets: Vec<OffsetAdvance>,
     pub outbox: Vec<NewOutboxRow>,
+    /// Forecasts made. One already stored is not stored again, and its
+    /// outbox row (same id) is dropped: it was published when it was new.
+    pub forecasts: Vec<ForecastRecord>,
 }
 
 impl<'a> LeadWrite<'a> {
@@ -72,13 +76,18 @@ const INSERT_OFFSET: &str =
 const ADVANCE_OFFSET: &str = "UPDATE partition_offsets SET next_offset = $4
     WHERE consumer_group = $1 AND topic = $2 AND partition_id = $3 AND next_offset = $5";
 
+const INSERT_FORECAST: &str = "INSERT INTO lead_forecasts (forecast_id, kind, generated_at,
+        horizon_days, confidence, model_version, leads_counted, event, detail, scheduled)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT (forecast_id) DO NOTHING";
+
 const INSERT_OUTBOX: &str =
     "INSERT INTO outbox (output_id, topic, message_key, payload, source_partition, created_at)
     VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (output_id) DO NOTHING";
 
 store_concern! {
-    /// The one write of the commit path: leads, their experiment memberships, offsets and outbox rows in one transaction.
+    /// The one write of the commit path: leads, their experiment memberships, offsets, forecasts and outbox rows in one transaction.
     pub trait Batches {
         /// Writes the leads, offsets and outbox rows of a batch atomically: all or
         /// nothing. Fails with [`StoreError::Fenced`] if an offset moved meanwhile.
@@ -149,7 +158,27 @@ store_concern! {
                     });
                 }
             }
-            for row in &batch.outbox {
+            let mut made_before = std::collections::HashSet::new();
+            for record in &batch.forecasts {
+                let written = sqlx::query(INSERT_FORECAST)
+                    .bind(&record.forecast_id)
+                    .bind(&record.kind)
+                    .bind(record.generated_at)
+                    .bind(record.horizon_days)
+                    .bind(record.confidence)
+                    .bind(&record.model_version)
+                    .bind(record.leads_counted)
+                    .bind(&record.event)
+                    .bind(&record.detail)
+                    .bind(record.scheduled)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if written == 0 {
+                    made_before.insert(record.forecast_id.as_str());
+                }
+            }
+            for row in batch.outbox.iter().filter(|r| !made_before.contains(r.output_id.as_str())) {
                 sqlx::query(INSERT_OUTBOX)
                     .bind(&row.output_id)
                     .bind(&row.topic)

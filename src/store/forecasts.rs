@@ -1,6 +1,9 @@
-//! Forecasts made: stored once per forecast_id, listed newest first.
+//! Forecasts made: stored once per forecast_id (in the commit path's
+//! transaction, see `batch.rs`), listed newest first.
 
 use super::*;
+
+use crate::forecast::scheduled::MadeForecast;
 
 /// A forecast with its inputs summarised.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -18,33 +21,56 @@ pub struct ForecastRecord {
     pub event: String,
     /// The whole result as JSON.
     pub detail: String,
+    /// Made by the processor's schedule (else asked for on demand).
+    pub scheduled: bool,
+}
+
+impl ForecastRecord {
+    pub fn new(made: &MadeForecast, scheduled: bool) -> Self {
+        ForecastRecord {
+            forecast_id: made.event.forecast_id.clone(),
+            kind: made.event.kind.to_string(),
+            generated_at: made.event.generated_at,
+            horizon_days: made.event.horizon_days,
+            confidence: made.event.confidence,
+            model_version: made.model_version.clone(),
+            leads_counted: made.leads_counted as i64,
+            event: serde_json::to_string(&made.event).expect("events are plain data"),
+            detail: made.detail.clone(),
+            scheduled,
+        }
+    }
 }
 
 store_concern! {
     /// Forecasts made: stored once per forecast_id, listed newest first.
     pub trait Forecasts {
-        /// Stores `record` unless its forecast_id is already there; true
-        /// when it was new.
-        async fn record_forecast(&self, record: &ForecastRecord) -> Result<bool, StoreError> {
-            let inserted = sqlx::query(
-                "INSERT INTO lead_forecasts (forecast_id, kind, generated_at, horizon_days,
-                    confidence, model_version, leads_counted, event, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (forecast_id) DO NOTHING",
+        /// Whether a forecast with this id is stored.
+        async fn forecast_stored(&self, forecast_id: &str) -> Result<bool, StoreError> {
+            let found: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM lead_forecasts WHERE forecast_id = $1",
             )
-            .bind(&record.forecast_id)
-            .bind(&record.kind)
-            .bind(record.generated_at)
-            .bind(record.horizon_days)
-            .bind(record.confidence)
-            .bind(&record.model_version)
-            .bind(record.leads_counted)
-            .bind(&record.event)
-            .bind(&record.detail)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            Ok(inserted == 1)
+            .bind(forecast_id)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(found > 0)
+        }
+
+        /// When the schedule's latest forecast was made; `None` before its first.
+        async fn last_scheduled_forecast(&self) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::query_scalar(
+                "SELECT MAX(generated_at) FROM lead_forecasts WHERE scheduled",
+            )
+            .fetch_one(&self.pool)
+            .await?)
+        }
+
+        /// The earliest creation time of any lead: the schedule's first slot
+        /// is the one after it.
+        async fn earliest_creation(&self) -> Result<Option<i64>, StoreError> {
+            Ok(sqlx::query_scalar("SELECT MIN(created_at) FROM leads")
+                .fetch_one(&self.pool)
+                .await?)
         }
 
         /// Up to `limit` forecasts of `kind` (any kind when `None`), newest first.
@@ -53,7 +79,7 @@ store_concern! {
         async fn forecasts(&self, kind: Option<&str>, limit: i64) -> Result<Vec<ForecastRecord>, StoreError> {
             Ok(sqlx::query_as(
                 "SELECT forecast_id, kind, generated_at, horizon_days, confidence, model_version,
-                    leads_counted, event, detail
+                    leads_counted, event, detail, scheduled
                  FROM lead_forecasts WHERE $1 = '' OR kind = $1
                  ORDER BY generated_at DESC, forecast_id LIMIT $2",
             )

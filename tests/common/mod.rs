@@ -293,7 +293,34 @@ pub async fn published_output_ids(config: &Config) -> Vec<String> {
             .into_iter()
             .map(|m| m.message_id),
     );
+    ids.extend(
+        published_forecasts(config)
+            .await
+            .into_iter()
+            .map(|f| f.forecast_id),
+    );
     ids
+}
+
+/// The ForecastEvents on the forecasts topic, in topic order (repeats kept).
+pub async fn published_forecasts(config: &Config) -> Vec<leadflow::events::ForecastEvent> {
+    let codec = leadflow::codec::Codec::new(None);
+    let mut out = Vec::new();
+    for m in read_topic(config, &config.topics.forecasts) {
+        let forecast: leadflow::events::ForecastEvent =
+            codec.decode(m.payload.as_deref().unwrap()).await.unwrap();
+        assert_eq!(
+            m.header("leadflow.output.id"),
+            Some(forecast.forecast_id.as_str())
+        );
+        assert_eq!(
+            m.key.as_deref(),
+            Some(forecast.kind.as_str().as_bytes()),
+            "keyed by kind"
+        );
+        out.push(forecast);
+    }
+    out
 }
 
 /// The OutboundMessages on the outbound topic, in topic order (repeats kept).
@@ -358,6 +385,8 @@ pub struct CleanRun {
     pub outputs: usize,
     /// Of the outputs, the OutboundMessages.
     pub messages: usize,
+    /// Of the outputs, the forecasts, by id.
+    pub forecasts: std::collections::BTreeMap<String, leadflow::events::ForecastEvent>,
 }
 
 pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent]) -> CleanRun {
@@ -371,11 +400,19 @@ pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent])
         .iter()
         .filter(|o| matches!(o, leadflow::core::apply::Output::Message(_)))
         .count();
+    let forecasts = outputs
+        .iter()
+        .filter_map(|o| match o {
+            leadflow::core::apply::Output::Forecast(f) => Some((f.forecast_id.clone(), f.clone())),
+            _ => None,
+        })
+        .collect();
     CleanRun {
         states: all_states(&store).await,
         output_ids,
         outputs: outputs.len(),
         messages,
+        forecasts,
     }
 }
 

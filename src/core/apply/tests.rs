@@ -30,6 +30,7 @@ fn ctx(scoring: &Scoring) -> ApplyContext<'_> {
         dedup_window: 64,
         model: None,
         nurture: None,
+        forecast_slots: None,
     }
 }
 
@@ -184,6 +185,7 @@ fn the_dedup_window_is_bounded() {
         dedup_window: 3,
         model: None,
         nurture: None,
+        forecast_slots: None,
     };
     let mut state = None;
     for n in 0..10 {
@@ -277,4 +279,91 @@ fn output_ids_are_deterministic_and_distinct() {
     assert_eq!(output_id("A", "score", "e1"), output_id("A", "score", "e1"));
     assert_ne!(output_id("A", "score", "e1"), output_id("A", "score", "e2"));
     assert_ne!(output_id("A", "score", "e1"), output_id("B", "score", "e1"));
+}
+
+#[test]
+fn a_lead_keeps_the_score_it_held_at_each_forecast_slot_it_moves_past() {
+    let scoring = Scoring::default();
+    // T0 is Thursday 2026-01-01; weekly slots on Mondays: T0 + 4 days, + 11 days.
+    let slots = crate::core::slots::ForecastSlots::new(7, 0);
+    let ctx = ApplyContext {
+        forecast_slots: Some(slots),
+        ..ctx(&scoring)
+    };
+    let day = MILLIS_PER_DAY;
+    let monday = T0 + 4 * day;
+    let mut state = apply(None, &created("L1", T0), &ctx).state;
+    let created_score = state.score.clone();
+    assert!(created_score.is_some());
+    // Same week: nothing kept.
+    state = apply(
+        Some(state),
+        &interaction("L1", 1, InteractionKind::EmailOpen, T0 + day, "email"),
+        &ctx,
+    )
+    .state;
+    assert!(state.slot_scores.is_empty());
+    let before_monday = state.score.clone();
+    // Past Monday and the next one at once: the score held over the gap is kept.
+    state = apply(
+        Some(state),
+        &interaction("L1", 2, InteractionKind::Meeting, monday + 8 * day, "web"),
+        &ctx,
+    )
+    .state;
+    assert_eq!(state.slot_scores.len(), 1);
+    assert_ne!(
+        state.score, before_monday,
+        "the demo request moved the score"
+    );
+    assert_eq!(state.score_as_of(monday).unwrap(), before_monday.as_ref());
+    assert_eq!(
+        state.score_as_of(monday + 7 * day).unwrap(),
+        before_monday.as_ref()
+    );
+    assert_eq!(state.score_as_of(T0 + day).unwrap(), before_monday.as_ref());
+    assert_eq!(state.score_as_of(T0), None, "before the kept span");
+    assert_eq!(
+        state.score_as_of(monday + 9 * day).unwrap(),
+        state.score.as_ref()
+    );
+    // A late event dated before the latest keeps nothing.
+    let kept = state.slot_scores.clone();
+    state = apply(
+        Some(state),
+        &interaction("L1", 3, InteractionKind::EmailClick, T0 + 2 * day, "email"),
+        &ctx,
+    )
+    .state;
+    assert_eq!(state.slot_scores, kept);
+    // Bounded: only the latest slots are kept.
+    for week in 0..(crate::core::state::SLOT_SCORES_KEPT as i64 + 3) {
+        let at = monday + (14 + 7 * week) * day + 1;
+        state = apply(
+            Some(state),
+            &interaction(
+                "L1",
+                10 + week as u32,
+                InteractionKind::EmailOpen,
+                at,
+                "email",
+            ),
+            &ctx,
+        )
+        .state;
+    }
+    assert_eq!(
+        state.slot_scores.len(),
+        crate::core::state::SLOT_SCORES_KEPT
+    );
+    assert_eq!(state.score_as_of(monday), None, "too long ago to know");
+    // Without a schedule nothing is kept at all.
+    let plain = apply_all(
+        &[
+            created("L2", T0),
+            interaction("L2", 1, InteractionKind::EmailOpen, T0 + 30 * day, "email"),
+        ],
+        &scoring,
+    );
+    assert!(plain.slot_scores.is_empty());
 }

@@ -252,7 +252,11 @@ impl ClosedHistory {
         // Samples are weighted by their value over the mean: the rate is
         // then the share of open value won, which is what Σ chance × value
         // needs when big deals convert differently from small ones.
-        let values: Vec<f64> = leads.iter().filter_map(|l| l.estimated_value).collect();
+        let values: Vec<f64> = leads
+            .iter()
+            .filter(|l| created_at(l).is_some_and(|c| c <= at))
+            .filter_map(|l| l.estimated_value)
+            .collect();
         let mean_value = values.iter().sum::<f64>() / values.len().max(1) as f64;
         let avg_deal_value = if won == 0 {
             0.0

@@ -70,6 +70,9 @@ pub struct OpenDeal {
     /// Chance it is ever won.
     pub probability: f64,
     pub probability_from: ProbabilityFrom,
+    /// The model that gave the probability, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
     pub value: f64,
     /// The value is an estimate (no deal value yet), so a win may close at
     /// another figure.
@@ -90,10 +93,14 @@ pub fn open_deals(
         let Some(now) = snapshot(lead, at) else {
             continue;
         };
-        let model_probability = lead
-            .score
-            .as_ref()
-            .filter(|s| use_model && s.model_version.is_some())
+        // The score the lead held at `at`, not the one it holds now: a
+        // scheduled forecast is made after its slot and must not see later
+        // events. A score no longer known falls back to the history.
+        let model_score = lead
+            .score_as_of(at)
+            .flatten()
+            .filter(|s| use_model && s.model_version.is_some());
+        let model_probability = model_score
             .and_then(|s| s.ml_score)
             .map(|score| (score / 100.0).clamp(0.0, 1.0));
         let (probability, probability_from) = match model_probability {
@@ -110,7 +117,7 @@ pub fn open_deals(
             .rev()
             .filter(|t| t.at <= at)
             .find_map(|t| t.owner.clone())
-            .or_else(|| lead.owner.clone())
+            .or_else(|| lead.owner.clone().filter(|_| lead.owner_assigned_at <= at))
             .unwrap_or_else(|| UNASSIGNED.to_string());
         deals.push(OpenDeal {
             lead_ext_id: lead.lead_ext_id.clone(),
@@ -121,6 +128,9 @@ pub fn open_deals(
             days_in_stage: now.days_in_stage,
             probability,
             probability_from,
+            model_version: model_probability
+                .and(model_score)
+                .and_then(|s| s.model_version.clone()),
             value,
             value_estimated,
         });
@@ -311,6 +321,7 @@ mod tests {
             days_in_stage: 0.0,
             probability,
             probability_from: ProbabilityFrom::History,
+            model_version: None,
             value,
             value_estimated: false,
         }

@@ -21,9 +21,9 @@ pub use notify::{
     ProviderRetry, RateLimitWaited,
 };
 pub use processor::{
-    BatchCommitted, ConsumerError, ConsumerLag, EventReceived, LogDiscontinuity, OutboxDepthRead,
-    OutboxPublishFailed, OutboxRowsDeleted, OutputPublished, PartitionsAssigned, PartitionsRevoked,
-    TimersFired,
+    BatchCommitted, ConsumerError, ConsumerLag, EventReceived, ForecastSlotsSkipped, ForecastsMade,
+    LogDiscontinuity, OutboxDepthRead, OutboxPublishFailed, OutboxRowsDeleted, OutputPublished,
+    PartitionsAssigned, PartitionsRevoked, TimersFired,
 };
 pub use store::StoreRetry;
 

@@ -106,6 +106,55 @@ impl InternalEvent for TimersFired {
     }
 }
 
+/// Milliseconds since the epoch as an RFC 3339 time, for a log line.
+fn utc(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).map_or(millis.to_string(), |t| t.to_rfc3339())
+}
+
+/// A forecast slot's forecasts committed: the kinds made and, with the
+/// reason, the kinds the data did not allow.
+pub struct ForecastsMade<'a> {
+    /// The slot, in milliseconds since the epoch.
+    pub at: i64,
+    pub made: &'a [String],
+    pub not_made: &'a [(String, String)],
+}
+
+impl InternalEvent for ForecastsMade<'_> {
+    fn emit(self, m: &Metrics) {
+        let slot = utc(self.at);
+        info!(%slot, made = ?self.made, "scheduled forecasts made");
+        for kind in self.made {
+            m.forecasts_made.with_label_values(&[kind]).inc();
+        }
+        for (kind, reason) in self.not_made {
+            info!(%slot, %kind, %reason, "scheduled forecast not made");
+            m.forecasts_not_made.with_label_values(&[kind]).inc();
+        }
+        m.outputs_written.inc_by(self.made.len() as u64);
+        m.outbox_depth.add(self.made.len() as i64);
+        m.forecast_last_slot.set(self.at.div_euclid(1_000));
+    }
+}
+
+/// Forecast slots too old to make up after a stop.
+pub struct ForecastSlotsSkipped {
+    pub slots: usize,
+    /// The oldest slot skipped, in milliseconds since the epoch.
+    pub from: i64,
+}
+
+impl InternalEvent for ForecastSlotsSkipped {
+    fn emit(self, m: &Metrics) {
+        warn!(
+            slots = self.slots,
+            from = %utc(self.from),
+            "forecast slots older than forecast.backfill_slots skipped"
+        );
+        m.forecast_slots_skipped.inc_by(self.slots as u64);
+    }
+}
+
 /// Partitions handed to this instance, at the offsets the store holds.
 pub struct PartitionsAssigned {
     pub partitions: usize,
