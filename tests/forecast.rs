@@ -342,3 +342,149 @@ async fn forecasts_from_a_postgres_store() {
     let store = db.store().await;
     forecasts_from_the_store(&db.url, &store).await;
 }
+
+/// The schedule on the wall clock (a hand-moved one): a slot is made once
+/// the clock is the grace period past it and the processor has caught up
+/// on its partitions, from every event up to the slot; after a long stop
+/// only the latest `backfill_slots` are made up.
+async fn the_schedule_follows_the_wall_clock<S: LeadStore + 'static>(
+    store: std::sync::Arc<S>,
+    url: &str,
+) {
+    use leadflow::core::clock::ManualClock;
+    use leadflow::forecast::scheduled::{forecasts_as_of, ForecastPlan};
+    use std::sync::Arc;
+
+    let mut config = common::test_config(url);
+    config.processor.clock = leadflow::config::ClockMode::Wall;
+    config.nurture.enabled = false;
+    config.forecast.backfill_slots = 2;
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    let start = 1_767_225_600_000; // Thursday 2026-01-01
+    let events = simulate::generate(&SimulationParams {
+        inflow_growth: 0.5,
+        source_shares: Default::default(),
+        seed: 5,
+        // A backlog that takes the processor some seconds to read, so a
+        // clock not held back while it catches up would make the first
+        // slot from part of it.
+        leads: 3000,
+        days: 45,
+        start,
+    });
+    leadflow::kafka::publish_inputs(
+        &config,
+        &leadflow::codec::Codec::new(None),
+        &events,
+        leadflow::kafka::InputFormat::Avro,
+        0,
+    )
+    .await
+    .unwrap();
+    let day = MILLIS_PER_DAY;
+    let monday = |week: i64| start + 4 * day + week * 7 * day;
+    // Half an hour into Monday the 12th: the 5th is due, the 12th is not yet.
+    let clock = Arc::new(ManualClock::new(monday(1) + 1_800_000));
+    let metrics = Arc::new(leadflow::metrics::Metrics::new());
+    let pipeline = leadflow::pipeline::Pipeline::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(leadflow::codec::Codec::new(None)),
+        metrics.clone(),
+    )
+    .unwrap()
+    .with_clock(clock.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        pipeline
+            .run(
+                leadflow::pipeline::RunOptions {
+                    exit_when_idle: None,
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+    });
+    let slots_made = |store: Arc<S>| async move {
+        let mut slots: Vec<i64> = store
+            .forecasts(Some("pipeline_value"), 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.generated_at)
+            .collect();
+        slots.sort();
+        slots
+    };
+    let wait_for = |want: Vec<i64>| {
+        let store = store.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+            loop {
+                let made = slots_made(store.clone()).await;
+                if made == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "slots made: {made:?}, waiting for {want:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(vec![monday(0)]).await;
+    // Until all of it is applied, the processor is catching up and the
+    // clock is held back: nothing else may be made meanwhile.
+    let total = events.len() as i64;
+    while common::committed_messages(store.as_ref(), &config).await < total {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(slots_made(store.clone()).await, vec![monday(0)]);
+    // Four weeks on: five slots are due, the latest two are made up.
+    clock.set(monday(5) + 2 * 3_600_000);
+    wait_for(vec![monday(0), monday(4), monday(5)]).await;
+    assert_eq!(
+        metrics.value("leadflow_forecast_slots_skipped_total", &[]),
+        3.0
+    );
+    assert_eq!(
+        metrics.value("leadflow_forecast_last_slot_timestamp_seconds", &[]),
+        (monday(5) / 1_000) as f64
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    // Each was made from everything up to its slot, nothing after: the same
+    // as the forecasts made now, from the whole store, as of the slot.
+    let leads = store.all_lead_states().await.unwrap();
+    let plan = ForecastPlan {
+        horizon_days: config.forecast.horizon_days,
+        lead_generation_days: config.forecast.lead_generation_days,
+        levels: &config.forecast.levels,
+    };
+    let stored = store.forecasts(None, 100).await.unwrap();
+    for slot in [monday(0), monday(4), monday(5)] {
+        let (made, _) = forecasts_as_of(&leads, slot, &plan);
+        assert!(!made.is_empty());
+        for m in made {
+            let row = stored
+                .iter()
+                .find(|r| r.forecast_id == m.event.forecast_id)
+                .unwrap_or_else(|| panic!("{:?} of {slot} stored", m.event.kind));
+            let event: leadflow::events::ForecastEvent = serde_json::from_str(&row.event).unwrap();
+            assert_eq!(event, m.event);
+        }
+    }
+    let published = common::published_forecasts(&config).await;
+    let ids: std::collections::BTreeSet<&str> =
+        published.iter().map(|f| f.forecast_id.as_str()).collect();
+    let stored_ids: std::collections::BTreeSet<&str> =
+        stored.iter().map(|r| r.forecast_id.as_str()).collect();
+    assert_eq!(ids, stored_ids, "each stored forecast published");
+}
+
+backend_tests!(the_schedule_follows_the_wall_clock);

@@ -1,8 +1,10 @@
 //! The forecast schedule at the edge. A slot's forecasts are made once the
-//! processor's clock is `forecast.grace_ms` past it: the wall clock, or on
-//! event time the clock of the partition furthest behind (each partition's
-//! latest event time applied; every partition must have one, or be empty,
-//! so that a partition not yet read cannot be missing from the forecast).
+//! processor's clock is `forecast.grace_ms` past it: on event time the clock
+//! of the partition furthest behind (each partition's latest event time
+//! applied; every partition must have one, or be empty, so that a partition
+//! not yet read cannot be missing from the forecast); on the wall clock the
+//! wall clock, held back to the event time of a partition still being
+//! caught up on.
 //!
 //! The owner of input partition 0 makes them, reading every lead from the
 //! store as of the slot (`forecast::scheduled`), and commits them through
@@ -178,14 +180,21 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         Ok(due.len())
     }
 
-    /// The clock the schedule follows; `None` on event time while some
-    /// partition with input has applied none of it yet.
+    /// The clock the schedule follows; `None` while some partition with
+    /// input has applied none of it yet. On event time, the slowest
+    /// partition's. On the wall clock, the wall clock, held back to the event
+    /// time of any partition this instance is still catching up on (after a
+    /// stop, or over a backlog of history), so a slot is not made from a
+    /// half-read log.
     async fn forecast_clock(&self, state: &LoopState) -> Result<Option<Millis>, PipelineError> {
-        if self.config.processor.clock == ClockMode::Wall {
-            return Ok(Some(self.clock.now()));
-        }
+        let wall = self.config.processor.clock == ClockMode::Wall;
         let mut slowest: Option<Millis> = None;
         for partition in 0..self.config.kafka.partitions {
+            let caught_up = self.partition_caught_up(state, partition);
+            let owned = state.positions.keys().any(|(_, p)| *p == partition);
+            if wall && (caught_up || !owned) {
+                continue;
+            }
             let known = match state.stream_time.get(&partition) {
                 Some(t) => Some(*t),
                 None => {
@@ -197,10 +206,14 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             };
             match known {
                 Some(t) => slowest = Some(slowest.map_or(t, |s| s.min(t))),
-                // Owned and read to the end: an empty partition holds nothing back.
-                None if self.partition_caught_up(state, partition) => {}
+                // Read to the end: an empty partition holds nothing back.
+                None if caught_up => {}
                 None => return Ok(None),
             }
+        }
+        if wall {
+            let now = self.clock.now();
+            return Ok(Some(slowest.map_or(now, |s| s.min(now))));
         }
         Ok(slowest)
     }
