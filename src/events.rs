@@ -302,12 +302,42 @@ impl Record for DeliveryEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineValueForecast {
     pub current_pipeline_value: f64,
+    /// Σ p·v of the wins expected within the horizon.
     pub forecasted_value: f64,
     pub conversion_rate: f64,
     pub avg_deal_value: f64,
     pub confidence: f64,
     pub lower: f64,
     pub upper: f64,
+    #[serde(default)]
+    pub open_leads: i64,
+    /// Σ p·v, whenever the wins come.
+    #[serde(default)]
+    pub expected_value: Option<f64>,
+    #[serde(default)]
+    pub historical_estimate: Option<f64>,
+    #[serde(default)]
+    pub intervals: Vec<ValueInterval>,
+    #[serde(default)]
+    pub breakdown: Vec<PipelineBreakdown>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueInterval {
+    pub level: f64,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineBreakdown {
+    /// `source`, `owner` or `stage`.
+    pub dimension: String,
+    pub name: String,
+    pub open_leads: i64,
+    pub current_value: f64,
+    pub expected_value: f64,
+    pub expected_within_horizon: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +347,24 @@ pub struct TimeToCloseForecast {
     pub lower_days: f64,
     pub upper_days: f64,
     pub sample_size: i64,
+    #[serde(default)]
+    pub p90_days: Option<f64>,
+    #[serde(default)]
+    pub by_source: Vec<SourceTimeToClose>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceTimeToClose {
+    pub source: String,
+    pub sample_size: i64,
+    #[serde(default)]
+    pub p25_days: Option<f64>,
+    #[serde(default)]
+    pub median_days: Option<f64>,
+    #[serde(default)]
+    pub p75_days: Option<f64>,
+    #[serde(default)]
+    pub p90_days: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -151,6 +151,22 @@ fn forecast() -> ForecastEvent {
             confidence: 0.8,
             lower: 300_000.0,
             upper: 400_000.0,
+            open_leads: 40,
+            expected_value: Some(420_000.0),
+            historical_estimate: Some(500_000.0),
+            intervals: vec![leadflow::events::ValueInterval {
+                level: 0.8,
+                lower: 300_000.0,
+                upper: 400_000.0,
+            }],
+            breakdown: vec![leadflow::events::PipelineBreakdown {
+                dimension: "owner".into(),
+                name: "ana".into(),
+                open_leads: 40,
+                current_value: 500_000.0,
+                expected_value: 420_000.0,
+                expected_within_horizon: 350_000.0,
+            }],
         }),
         time_to_close: Some(TimeToCloseForecast {
             mean_days: 21.5,
@@ -158,6 +174,15 @@ fn forecast() -> ForecastEvent {
             lower_days: 7.0,
             upper_days: 45.0,
             sample_size: 120,
+            p90_days: None,
+            by_source: vec![leadflow::events::SourceTimeToClose {
+                source: "web".into(),
+                sample_size: 60,
+                p25_days: Some(6.0),
+                median_days: Some(17.5),
+                p75_days: None,
+                p90_days: None,
+            }],
         }),
         lead_generation: Some(LeadGenerationForecast {
             expected_leads: 70.0,
@@ -703,4 +728,73 @@ async fn an_unreachable_registry_is_a_transient_error() {
     assert!(err.is_transient(), "{err}");
     let err = codec.encode("t", &interaction()).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
+}
+
+/// A ForecastEvent written by a v1 producer (before the breakdown, the
+/// levels and the per-source times) reads with the new fields' defaults.
+#[tokio::test]
+async fn forecast_events_written_with_the_v1_schema_still_read() {
+    #[derive(Serialize)]
+    struct V1Pipeline {
+        current_pipeline_value: f64,
+        forecasted_value: f64,
+        conversion_rate: f64,
+        avg_deal_value: f64,
+        confidence: f64,
+        lower: f64,
+        upper: f64,
+    }
+    #[derive(Serialize)]
+    struct V1 {
+        forecast_id: String,
+        kind: ForecastKind,
+        generated_at: i64,
+        horizon_days: i32,
+        confidence: f64,
+        pipeline_value: Option<V1Pipeline>,
+        time_to_close: Option<()>,
+        lead_generation: Option<()>,
+    }
+    let text = HISTORICAL_SCHEMAS
+        .iter()
+        .find(|(n, _)| *n == "ForecastEvent")
+        .unwrap()
+        .1;
+    let v1 = Schema::parse_str(text).unwrap();
+    let value = apache_avro::to_value(V1 {
+        forecast_id: "f-9".into(),
+        kind: ForecastKind::PipelineValue,
+        generated_at: 1_767_571_200_000,
+        horizon_days: 30,
+        confidence: 0.8,
+        pipeline_value: Some(V1Pipeline {
+            current_pipeline_value: 9.0e5,
+            forecasted_value: 1.5e5,
+            conversion_rate: 0.2,
+            avg_deal_value: 30_000.0,
+            confidence: 0.8,
+            lower: 1.0e5,
+            upper: 2.0e5,
+        }),
+        time_to_close: None,
+        lead_generation: None,
+    })
+    .unwrap()
+    .resolve(&v1)
+    .unwrap();
+    let codec = Codec::new(None);
+    let standard = fingerprint(text).unwrap();
+    assert_ne!(
+        standard,
+        codec.schemas().current_fingerprint("ForecastEvent")
+    );
+    let decoded: ForecastEvent = codec
+        .decode(&single_object_with(&v1, standard, value))
+        .await
+        .unwrap();
+    let pipeline = decoded.pipeline_value.unwrap();
+    assert_eq!((pipeline.lower, pipeline.upper), (1.0e5, 2.0e5));
+    assert_eq!(pipeline.open_leads, 0);
+    assert_eq!(pipeline.expected_value, None);
+    assert!(pipeline.intervals.is_empty() && pipeline.breakdown.is_empty());
 }

@@ -64,10 +64,16 @@ pub const CURRENT_SCHEMAS: &[(&str, &str)] = &[
 ];
 
 /// Older versions still accepted from producers (single-object encoding).
-pub const HISTORICAL_SCHEMAS: &[(&str, &str)] = &[(
-    "LeadEvent",
-    include_str!("../../schemas/history/LeadEvent.v1.avsc"),
-)];
+pub const HISTORICAL_SCHEMAS: &[(&str, &str)] = &[
+    (
+        "LeadEvent",
+        include_str!("../../schemas/history/LeadEvent.v1.avsc"),
+    ),
+    (
+        "ForecastEvent",
+        include_str!("../../schemas/history/ForecastEvent.v1.avsc"),
+    ),
+];
 
 /// Why a message could not be decoded. `kind()` is the stable reason that
 /// goes into the dead-letter header and the metrics label.

@@ -33,8 +33,9 @@ pub struct ForecastConfig {
     pub horizon_days: u32,
     /// Days of lead volume lead_generation forecasts.
     pub lead_generation_days: u32,
-    /// Confidence levels of the intervals; the first is the one published
-    /// on `lead-forecasts`, all of them are stored in `lead_forecasts`.
+    /// Confidence levels of the intervals. The first gives each event's
+    /// `confidence`, `lower` and `upper`; a pipeline_value event lists them
+    /// all, and `lead_forecasts` stores every level of every kind.
     pub levels: Vec<f64>,
     /// How long after a slot the processor's clock must be before its
     /// forecast is made, for events that arrive late.

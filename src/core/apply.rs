@@ -188,7 +188,7 @@ pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_
         };
     }
     if let Some(slots) = &ctx.forecast_slots {
-        state.keep_slot_score(event.occurred_at(), slots);
+        state.keep_slot_snapshot(event.occurred_at(), slots);
     }
     match event {
         InputEvent::Lead(e) => apply_lead(&mut state, e),

@@ -1,7 +1,7 @@
 //! When scheduled forecasts fall: at midnight UTC of a weekday, then every
 //! `interval_days`. The core needs the slots to keep, per lead, the score
 //! it held at the latest slot it moved past (see
-//! [`crate::core::state::SlotScore`]): a forecast made later, on a clock
+//! [`crate::core::state::SlotSnapshot`]): a forecast made later, on a clock
 //! that has run on, can then still see the pipeline as it stood at its slot.
 
 use crate::events::{Millis, MILLIS_PER_DAY};

@@ -62,18 +62,34 @@ pub struct ScoreSnapshot {
     pub model_version: Option<String>,
 }
 
-/// The score a lead held from `from` (its latest event time then) until the
-/// event at `until` replaced it, kept when a forecast slot fell in between.
+/// What a forecast reads of a lead that later events overwrite, as the lead
+/// held it from `from` (its latest event time then) until the event at
+/// `until`; kept when a forecast slot fell in between.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SlotScore {
+pub struct SlotSnapshot {
     pub from: Millis,
     pub until: Millis,
     pub score: Option<ScoreSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_value: Option<f64>,
 }
 
-/// Slot scores a lead keeps: a forecast may run this many slots behind
-/// the lead's latest event and still see the score the lead had at its slot.
-pub const SLOT_SCORES_KEPT: usize = 8;
+/// The fields of [`SlotSnapshot`] as a lead held them at some time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeldAt<'a> {
+    pub score: Option<&'a ScoreSnapshot>,
+    pub owner: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub estimated_value: Option<f64>,
+}
+
+/// Slot snapshots a lead keeps: a forecast may run this many slots behind
+/// the lead's latest event and still see the lead as it was at its slot.
+pub const SLOT_SNAPSHOTS_KEPT: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeadState {
@@ -122,10 +138,10 @@ pub struct LeadState {
     /// Where the lead stands in nurturing, and its next timer.
     #[serde(default, skip_serializing_if = "NurtureState::is_default")]
     pub nurture: NurtureState,
-    /// The scores it held at the latest forecast slots, oldest first (at
-    /// most [`SLOT_SCORES_KEPT`]).
+    /// What it held at the latest forecast slots, oldest first (at most
+    /// [`SLOT_SNAPSHOTS_KEPT`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub slot_scores: Vec<SlotScore>,
+    pub slot_snapshots: Vec<SlotSnapshot>,
 }
 
 impl LeadState {
@@ -162,7 +178,7 @@ impl LeadState {
             events_applied: 0,
             pre_close: None,
             nurture: NurtureState::default(),
-            slot_scores: Vec::new(),
+            slot_snapshots: Vec::new(),
         }
     }
 
@@ -172,34 +188,64 @@ impl LeadState {
 
     /// The score the lead held at `at`: its current one if no event since
     /// has changed it, else the one kept for the slot; `None` when that is
-    /// no longer known (the lead moved past more than [`SLOT_SCORES_KEPT`]
+    /// no longer known (the lead moved past more than [`SLOT_SNAPSHOTS_KEPT`]
     /// slots since, or `at` was not a slot).
     pub fn score_as_of(&self, at: Millis) -> Option<Option<&ScoreSnapshot>> {
+        self.held_at(at).map(|h| h.score)
+    }
+
+    /// The score, owner, source and estimate the lead held at `at`, on the
+    /// same terms as [`LeadState::score_as_of`].
+    pub fn held_at(&self, at: Millis) -> Option<HeldAt<'_>> {
         if self.updated_at <= at {
-            return Some(self.score.as_ref());
+            return Some(HeldAt {
+                score: self.score.as_ref(),
+                owner: self.owner.as_deref(),
+                source: self.source.as_deref(),
+                estimated_value: self.estimated_value,
+            });
         }
-        self.slot_scores
+        self.slot_snapshots
             .iter()
             .find(|s| s.from <= at && at < s.until)
-            .map(|s| s.score.as_ref())
+            .map(|s| HeldAt {
+                score: s.score.as_ref(),
+                owner: s.owner.as_deref(),
+                source: s.source.as_deref(),
+                estimated_value: s.estimated_value,
+            })
+    }
+
+    /// [`LeadState::held_at`], or what the lead holds now once that is no
+    /// longer known (it moved past more slots since than it keeps).
+    pub fn held_at_or_latest(&self, at: Millis) -> HeldAt<'_> {
+        self.held_at(at).unwrap_or(HeldAt {
+            score: self.score.as_ref(),
+            owner: self.owner.as_deref(),
+            source: self.source.as_deref(),
+            estimated_value: self.estimated_value,
+        })
     }
 
     /// Before an event at `at` is applied: if a slot falls between the
-    /// latest event time and `at`, keep the score the lead holds now.
-    pub(crate) fn keep_slot_score(&mut self, at: Millis, slots: &ForecastSlots) {
+    /// latest event time and `at`, keep what the lead holds now.
+    pub(crate) fn keep_slot_snapshot(&mut self, at: Millis, slots: &ForecastSlots) {
         if self.events_applied == 0
             || at <= self.updated_at
             || slots.last_before(at) < self.updated_at
         {
             return;
         }
-        if self.slot_scores.len() == SLOT_SCORES_KEPT {
-            self.slot_scores.remove(0);
+        if self.slot_snapshots.len() == SLOT_SNAPSHOTS_KEPT {
+            self.slot_snapshots.remove(0);
         }
-        self.slot_scores.push(SlotScore {
+        self.slot_snapshots.push(SlotSnapshot {
             from: self.updated_at,
             until: at,
             score: self.score.clone(),
+            owner: self.owner.clone(),
+            source: self.source.clone(),
+            estimated_value: self.estimated_value,
         });
     }
 

@@ -6,7 +6,8 @@
 use crate::core::ids::output_id;
 use crate::events::{
     DailyLeadForecast, ForecastEvent, ForecastKind, LeadGenerationForecast as LeadGenerationRecord,
-    Millis, PipelineValueForecast, TimeToCloseForecast,
+    Millis, PipelineBreakdown, PipelineValueForecast, SourceTimeToClose, TimeToCloseForecast,
+    ValueInterval,
 };
 
 use super::lead_generation::LeadGenerationForecast;
@@ -54,6 +55,23 @@ pub fn pipeline_value_event(
         value.horizon_days as u32,
         level,
     );
+    let breakdown = [
+        ("source", &value.by_source),
+        ("owner", &value.by_owner),
+        ("stage", &value.by_stage),
+    ]
+    .into_iter()
+    .flat_map(|(dimension, groups)| {
+        groups.iter().map(move |(name, b)| PipelineBreakdown {
+            dimension: dimension.to_string(),
+            name: name.clone(),
+            open_leads: b.open_leads as i64,
+            current_value: b.current_value,
+            expected_value: b.expected_value,
+            expected_within_horizon: b.expected_within_horizon,
+        })
+    })
+    .collect();
     out.pipeline_value = Some(PipelineValueForecast {
         current_pipeline_value: value.current_pipeline_value,
         forecasted_value: value.forecasted_within_horizon,
@@ -62,6 +80,19 @@ pub fn pipeline_value_event(
         confidence: level,
         lower: interval.within_horizon_lower,
         upper: interval.within_horizon_upper,
+        open_leads: value.open_leads as i64,
+        expected_value: Some(value.forecasted_value),
+        historical_estimate: Some(value.historical_estimate),
+        intervals: value
+            .intervals
+            .iter()
+            .map(|i| ValueInterval {
+                level: i.level,
+                lower: i.within_horizon_lower,
+                upper: i.within_horizon_upper,
+            })
+            .collect(),
+        breakdown,
     });
     Some(out)
 }
@@ -83,6 +114,19 @@ pub fn time_to_close_event(
         lower_days: to_win.p25?,
         upper_days: to_win.p75?,
         sample_size: result.overall.observations as i64,
+        p90_days: to_win.p90,
+        by_source: result
+            .by_source
+            .iter()
+            .map(|(source, summary)| SourceTimeToClose {
+                source: source.clone(),
+                sample_size: summary.observations as i64,
+                p25_days: summary.to_win.p25,
+                median_days: summary.to_win.median,
+                p75_days: summary.to_win.p75,
+                p90_days: summary.to_win.p90,
+            })
+            .collect(),
     });
     Some(out)
 }

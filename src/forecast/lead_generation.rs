@@ -1,9 +1,9 @@
 //! Leads to be created over the next days, with intervals whose coverage is
 //! measured rather than assumed.
 //!
-//! Several point forecasters compete on the series' own recent past: each
-//! is refitted at every one of the last (up to) 56 daily origins and
-//! forecasts the horizon from there; the one with the smallest mean
+//! Several point forecasters (and their mean) compete on the series' own
+//! recent past: each is refitted at every one of the last (up to) 56 daily
+//! origins and forecasts the horizon from there; the one with the smallest mean
 //! absolute error wins (ties go to the simpler, listed first). The winner's
 //! errors at those origins, per step ahead, give the intervals (split
 //! conformal): an error is divided by √(forecast + 1) first, because count
@@ -38,8 +38,18 @@ crate::events::string_enum!(
         WeekdayTrend => "weekday_trend",
         HoltWinters => "holt_winters",
         HoltWintersMultiplicative => "holt_winters_multiplicative",
+        Combined => "combined",
     }
 );
+
+/// What [`Method::Combined`] averages: every forecaster that fits more
+/// than the last week.
+const COMBINED: [Method; 4] = [
+    Method::SeasonalMean,
+    Method::WeekdayTrend,
+    Method::HoltWinters,
+    Method::HoltWintersMultiplicative,
+];
 
 impl Method {
     /// Forecasts of the `horizon` days after `history`, never below zero.
@@ -52,6 +62,18 @@ impl Method {
             Method::HoltWinters => holt_winters(history, horizon, Season::Additive),
             Method::HoltWintersMultiplicative => {
                 holt_winters(history, horizon, Season::Multiplicative)
+            }
+            // The mean of several forecasters errs less than most of them on
+            // most series (the M-competitions' lesson); it competes like
+            // the others, so a series that one of them fits best keeps it.
+            Method::Combined => {
+                let mut sum = vec![0.0; horizon];
+                for method in COMBINED {
+                    for (s, p) in sum.iter_mut().zip(method.predict(history, horizon)) {
+                        *s += p;
+                    }
+                }
+                sum.into_iter().map(|s| s / COMBINED.len() as f64).collect()
             }
         };
         forecast.into_iter().map(|v| v.max(0.0)).collect()

@@ -5,8 +5,9 @@
 //!
 //! Everything is read as of the forecast's time from the lead states, so a
 //! forecast made later than its slot, on a store that has moved on, or in a
-//! replay, comes out the same: creations, stages, values and owners by
-//! their event times, scores by [`LeadState::score_as_of`].
+//! replay, comes out the same: creations, stages and deal values by their
+//! event times; scores, owners, sources and estimates by
+//! [`LeadState::held_at`].
 
 use chrono::NaiveDate;
 
@@ -24,8 +25,7 @@ use super::time_to_close::{self, created_at};
 pub struct ForecastPlan<'a> {
     pub horizon_days: u32,
     pub lead_generation_days: u32,
-    /// The first is the level of the published event; the stored detail
-    /// has them all.
+    /// The first is the event's `confidence`; the stored detail has them all.
     pub levels: &'a [f64],
 }
 
@@ -184,7 +184,7 @@ pub fn forecasts_as_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::state::{ScoreSnapshot, SlotScore, StageTransition};
+    use crate::core::state::{ScoreSnapshot, SlotSnapshot, StageTransition};
     use crate::events::{Segment, Stage};
 
     const DAY: Millis = MILLIS_PER_DAY;
@@ -325,11 +325,19 @@ mod tests {
         let mut later = leads.clone();
         for l in later.iter_mut().filter(|l| l.score.is_some()) {
             let held = l.score.clone();
-            l.slot_scores.push(SlotScore {
+            l.slot_snapshots.push(SlotSnapshot {
                 from: l.updated_at,
                 until: at + DAY,
                 score: held,
+                owner: l.owner.clone(),
+                source: l.source.clone(),
+                estimated_value: l.estimated_value,
             });
+            // The later event also moved the lead to another owner and
+            // source and changed its estimate.
+            l.owner = Some("rep-99".into());
+            l.source = Some("partner".into());
+            l.estimated_value = Some(9_999.0);
             l.score = Some(score(90.0, at + DAY));
             l.updated_at = at + DAY;
         }
@@ -342,7 +350,7 @@ mod tests {
         assert_eq!(forecasts_as_of(&later, at, &plan).0, before);
         // Without the kept scores it would have moved.
         for l in &mut later {
-            l.slot_scores.clear();
+            l.slot_snapshots.clear();
         }
         assert_ne!(forecasts_as_of(&later, at, &plan).0[0], before[0]);
     }

@@ -312,7 +312,7 @@ pub fn time_to_close(leads: &[LeadState], now: Millis) -> TimeToClose {
             continue;
         };
         overall.push(observation);
-        let source = lead.source.as_deref().unwrap_or(UNKNOWN_SOURCE);
+        let source = lead.held_at_or_latest(now).source.unwrap_or(UNKNOWN_SOURCE);
         by_source
             .entry(source.to_string())
             .or_default()

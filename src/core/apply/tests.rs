@@ -302,7 +302,7 @@ fn a_lead_keeps_the_score_it_held_at_each_forecast_slot_it_moves_past() {
         &ctx,
     )
     .state;
-    assert!(state.slot_scores.is_empty());
+    assert!(state.slot_snapshots.is_empty());
     let before_monday = state.score.clone();
     // Past Monday and the next one at once: the score held over the gap is kept.
     state = apply(
@@ -311,7 +311,7 @@ fn a_lead_keeps_the_score_it_held_at_each_forecast_slot_it_moves_past() {
         &ctx,
     )
     .state;
-    assert_eq!(state.slot_scores.len(), 1);
+    assert_eq!(state.slot_snapshots.len(), 1);
     assert_ne!(
         state.score, before_monday,
         "the demo request moved the score"
@@ -328,16 +328,16 @@ fn a_lead_keeps_the_score_it_held_at_each_forecast_slot_it_moves_past() {
         state.score.as_ref()
     );
     // A late event dated before the latest keeps nothing.
-    let kept = state.slot_scores.clone();
+    let kept = state.slot_snapshots.clone();
     state = apply(
         Some(state),
         &interaction("L1", 3, InteractionKind::EmailClick, T0 + 2 * day, "email"),
         &ctx,
     )
     .state;
-    assert_eq!(state.slot_scores, kept);
+    assert_eq!(state.slot_snapshots, kept);
     // Bounded: only the latest slots are kept.
-    for week in 0..(crate::core::state::SLOT_SCORES_KEPT as i64 + 3) {
+    for week in 0..(crate::core::state::SLOT_SNAPSHOTS_KEPT as i64 + 3) {
         let at = monday + (14 + 7 * week) * day + 1;
         state = apply(
             Some(state),
@@ -353,8 +353,8 @@ fn a_lead_keeps_the_score_it_held_at_each_forecast_slot_it_moves_past() {
         .state;
     }
     assert_eq!(
-        state.slot_scores.len(),
-        crate::core::state::SLOT_SCORES_KEPT
+        state.slot_snapshots.len(),
+        crate::core::state::SLOT_SNAPSHOTS_KEPT
     );
     assert_eq!(state.score_as_of(monday), None, "too long ago to know");
     // Without a schedule nothing is kept at all.
@@ -365,5 +365,5 @@ fn a_lead_keeps_the_score_it_held_at_each_forecast_slot_it_moves_past() {
         ],
         &scoring,
     );
-    assert!(plain.slot_scores.is_empty());
+    assert!(plain.slot_snapshots.is_empty());
 }

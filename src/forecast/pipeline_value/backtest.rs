@@ -55,7 +55,9 @@ pub fn backtest(
             .iter()
             .filter(|lead| open.contains(lead.lead_ext_id.as_str()))
             .filter_map(|lead| match close_as_of(lead, origin + horizon_ms) {
-                Some((Outcome::Won, at)) if at > origin => won_value_of(lead, at),
+                Some((Outcome::Won, at)) if at > origin => {
+                    won_value_of(lead, at, lead.estimated_value)
+                }
                 _ => None,
             })
             .collect();

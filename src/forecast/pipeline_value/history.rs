@@ -8,7 +8,7 @@ use super::super::time_to_close::{
     close_as_of, created_at, days_between, stages_entered, Outcome, UNKNOWN_SOURCE,
 };
 use super::{mean, OpenDeal, ProbabilityFrom};
-use crate::core::state::LeadState;
+use crate::core::state::{HeldAt, LeadState};
 use crate::events::{Millis, Stage, MILLIS_PER_DAY};
 
 /// Pseudo-observations pulling a rate towards the rate of the coarser
@@ -58,8 +58,12 @@ pub(super) struct Snapshot<'a> {
     pub(super) source: &'a str,
 }
 
-/// `lead` at `at`, if it was open then.
-pub(super) fn snapshot(lead: &LeadState, at: Millis) -> Option<Snapshot<'_>> {
+/// `lead` at `at`, if it was open then, with its source as `held` says.
+pub(super) fn snapshot<'a>(
+    lead: &LeadState,
+    at: Millis,
+    held: &HeldAt<'a>,
+) -> Option<Snapshot<'a>> {
     let created = created_at(lead)?;
     if created > at || close_as_of(lead, at).is_some() {
         return None;
@@ -70,7 +74,7 @@ pub(super) fn snapshot(lead: &LeadState, at: Millis) -> Option<Snapshot<'_>> {
         stage,
         days_in_stage: days_between(entered, at),
         age_days: days_between(created, at),
-        source: lead.source.as_deref().unwrap_or(UNKNOWN_SOURCE),
+        source: held.source.unwrap_or(UNKNOWN_SOURCE),
     })
 }
 
@@ -220,12 +224,13 @@ impl ClosedHistory {
             let Some((outcome, closed_at)) = close_as_of(lead, at) else {
                 continue;
             };
+            let held = lead.held_at_or_latest(at);
             let win = outcome == Outcome::Won;
             if win {
                 won += 1;
-                let value = won_value_of(lead, closed_at);
+                let value = won_value_of(lead, closed_at, held.estimated_value);
                 won_value += value.unwrap_or(0.0);
-                if let (Some(value), Some(estimate)) = (value, lead.estimated_value) {
+                if let (Some(value), Some(estimate)) = (value, held.estimated_value) {
                     if estimate > 0.0 && value >= 0.0 {
                         value_ratios.push(value / estimate);
                     }
@@ -233,7 +238,7 @@ impl ClosedHistory {
             } else {
                 lost += 1;
             }
-            let source = lead.source.as_deref().unwrap_or(UNKNOWN_SOURCE);
+            let source = held.source.unwrap_or(UNKNOWN_SOURCE);
             for stage in stages_entered(lead, closed_at).into_keys() {
                 by_stage.entry(stage).or_default().add(win);
                 by_stage_source
@@ -255,7 +260,7 @@ impl ClosedHistory {
         let values: Vec<f64> = leads
             .iter()
             .filter(|l| created_at(l).is_some_and(|c| c <= at))
-            .filter_map(|l| l.estimated_value)
+            .filter_map(|l| l.held_at_or_latest(at).estimated_value)
             .collect();
         let mean_value = values.iter().sum::<f64>() / values.len().max(1) as f64;
         let avg_deal_value = if won == 0 {
@@ -268,21 +273,28 @@ impl ClosedHistory {
         for &landmark in &landmarks {
             let mut samples = Vec::new();
             for lead in leads {
-                let Some(then) = snapshot(lead, landmark) else {
+                // Source and estimate as of the forecast's time, not the
+                // landmark's: a lead keeps them only for its latest slots,
+                // and what it holds now may be from after `at`.
+                let held = lead.held_at_or_latest(at);
+                let Some(then) = snapshot(lead, landmark, &held) else {
                     continue;
                 };
-                let (value, value_estimated) = value_as_of(lead, landmark, avg_deal_value);
+                let (value, value_estimated) =
+                    value_as_of(lead, landmark, avg_deal_value, held.estimated_value);
                 let won = match close_as_of(lead, landmark + horizon_ms) {
-                    Some((Outcome::Won, closed)) if closed > landmark => won_value_of(lead, closed)
-                        .unwrap_or(value)
-                        .max(f64::MIN_POSITIVE),
+                    Some((Outcome::Won, closed)) if closed > landmark => {
+                        won_value_of(lead, closed, held.estimated_value)
+                            .unwrap_or(value)
+                            .max(f64::MIN_POSITIVE)
+                    }
                     _ => 0.0,
                 };
                 let sample = LandmarkSample {
                     stage: then.stage,
                     days_in_stage: then.days_in_stage,
                     source: then.source.to_string(),
-                    weight: match lead.estimated_value {
+                    weight: match held.estimated_value {
                         Some(v) if mean_value > 0.0 && v >= 0.0 => v / mean_value,
                         _ => 1.0,
                     },
@@ -355,29 +367,37 @@ impl ClosedHistory {
     }
 }
 
-/// The value a won lead closed at: the deal value on its closing stage
-/// change, else its last known deal value, else its estimate.
-pub(super) fn won_value_of(lead: &LeadState, closed_at: Millis) -> Option<f64> {
+/// The value a won lead closed at: the deal value of its latest stage
+/// change by then that had one, else `estimate`.
+pub(super) fn won_value_of(
+    lead: &LeadState,
+    closed_at: Millis,
+    estimate: Option<f64>,
+) -> Option<f64> {
     lead.stage_history
         .iter()
         .rev()
         .filter(|t| t.at <= closed_at)
         .find_map(|t| t.deal_value)
-        .or(lead.deal_value)
-        .or(lead.estimated_value)
+        .or(estimate)
 }
 
 /// The lead's value as known at `at`, and whether it is only an estimate:
-/// the deal value of its latest stage change that had one, else its
-/// estimated value, else `fallback` (the average won deal).
-pub(super) fn value_as_of(lead: &LeadState, at: Millis, fallback: f64) -> (f64, bool) {
+/// the deal value of its latest stage change that had one, else
+/// `estimate`, else `fallback` (the average won deal).
+pub(super) fn value_as_of(
+    lead: &LeadState,
+    at: Millis,
+    fallback: f64,
+    estimate: Option<f64>,
+) -> (f64, bool) {
     let deal_value = lead
         .stage_history
         .iter()
         .rev()
         .filter(|t| t.at <= at)
         .find_map(|t| t.deal_value);
-    let (value, estimated) = match (deal_value, lead.estimated_value) {
+    let (value, estimated) = match (deal_value, estimate) {
         (Some(v), _) => (v, false),
         (None, Some(v)) => (v, true),
         (None, None) => (fallback, true),

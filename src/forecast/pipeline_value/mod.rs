@@ -90,12 +90,13 @@ pub fn open_deals(
 ) -> Vec<OpenDeal> {
     let mut deals = Vec::new();
     for lead in leads {
-        let Some(now) = snapshot(lead, at) else {
+        // The lead as it stood at `at`, not as it stands now: a scheduled
+        // forecast is made after its slot and must not see later events.
+        let held = lead.held_at_or_latest(at);
+        let Some(now) = snapshot(lead, at, &held) else {
             continue;
         };
-        // The score the lead held at `at`, not the one it holds now: a
-        // scheduled forecast is made after its slot and must not see later
-        // events. A score no longer known falls back to the history.
+        // A score no longer known falls back to the history.
         let model_score = lead
             .score_as_of(at)
             .flatten()
@@ -110,15 +111,9 @@ pub fn open_deals(
                 ProbabilityFrom::History,
             ),
         };
-        let (value, value_estimated) = value_as_of(lead, at, history.avg_deal_value);
-        let owner = lead
-            .stage_history
-            .iter()
-            .rev()
-            .filter(|t| t.at <= at)
-            .find_map(|t| t.owner.clone())
-            .or_else(|| lead.owner.clone().filter(|_| lead.owner_assigned_at <= at))
-            .unwrap_or_else(|| UNASSIGNED.to_string());
+        let (value, value_estimated) =
+            value_as_of(lead, at, history.avg_deal_value, held.estimated_value);
+        let owner = held.owner.unwrap_or(UNASSIGNED).to_string();
         deals.push(OpenDeal {
             lead_ext_id: lead.lead_ext_id.clone(),
             source: now.source.to_string(),
