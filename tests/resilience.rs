@@ -152,27 +152,26 @@ async fn publish(config: &Config, seed: u64, leads: u32) -> Vec<leadflow::events
     events
 }
 
-async fn survives_sigkill_at_several_points<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
-    let config = resilience_config(url);
-    let events = publish(&config, 21, 250).await;
-    let total = events.len() as i64;
+/// Runs the processor as a child process and SIGKILLs it once each share
+/// of the `total` messages is committed, then runs it to the end.
+async fn kill_at_then_finish<S: LeadStore>(store: &S, config: &Config, total: i64, shares: &[f64]) {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(dir.path(), &config);
+    let config_path = write_config(dir.path(), config);
     let log = dir.path().join("processor.log");
     let mut killed_at = Vec::new();
-    for fraction in [0.2, 0.45, 0.7] {
+    for share in shares {
         let mut child = spawn_processor(&config_path, &log, &[]);
         wait_for_progress(
-            store.as_ref(),
-            &config,
-            (total as f64 * fraction) as i64,
+            store,
+            config,
+            (total as f64 * share) as i64,
             &mut child,
             &log,
         )
         .await;
         child.kill().unwrap();
         child.wait().unwrap();
-        killed_at.push(committed_messages(store.as_ref(), &config).await);
+        killed_at.push(committed_messages(store, config).await);
     }
     assert!(
         killed_at.iter().all(|p| *p < total),
@@ -180,7 +179,14 @@ async fn survives_sigkill_at_several_points<S: LeadStore + 'static>(store: Arc<S
     );
     let mut last = spawn_processor(&config_path, &log, &["--exit-when-idle", "8"]);
     wait_for_exit(&mut last, &log, Duration::from_secs(180));
-    assert_eq!(committed_messages(store.as_ref(), &config).await, total);
+    assert_eq!(committed_messages(store, config).await, total);
+}
+
+async fn survives_sigkill_at_several_points<S: LeadStore + 'static>(store: Arc<S>, url: &str) {
+    let config = resilience_config(url);
+    let events = publish(&config, 21, 250).await;
+    let total = events.len() as i64;
+    kill_at_then_finish(store.as_ref(), &config, total, &[0.2, 0.45, 0.7]).await;
     let clean = clean_run(&config, &events).await;
     // Nurturing is on: the kills also land among timer firings and messages.
     assert!(clean.messages > 100, "{} messages", clean.messages);
@@ -210,24 +216,7 @@ async fn makes_each_forecast_once_across_sigkills<S: LeadStore + 'static>(
         .await
         .unwrap();
     let total = events.len() as i64;
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = write_config(dir.path(), &config);
-    let log = dir.path().join("processor.log");
-    for fraction in [0.5, 0.75, 0.9] {
-        let mut child = spawn_processor(&config_path, &log, &[]);
-        wait_for_progress(
-            store.as_ref(),
-            &config,
-            (total as f64 * fraction) as i64,
-            &mut child,
-            &log,
-        )
-        .await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-    let mut last = spawn_processor(&config_path, &log, &["--exit-when-idle", "8"]);
-    wait_for_exit(&mut last, &log, Duration::from_secs(180));
+    kill_at_then_finish(store.as_ref(), &config, total, &[0.5, 0.75, 0.9]).await;
     let clean = clean_run(&config, &events).await;
     let kinds: BTreeSet<&str> = clean.forecasts.values().map(|f| f.kind.as_str()).collect();
     assert_eq!(
