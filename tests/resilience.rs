@@ -21,8 +21,9 @@ use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::{LeadStore, PgStore};
 
 use common::{
-    all_states, assert_same_states, clean_run, committed_messages, published_forecasts,
-    published_output_ids, spawn_pipeline, test_config, CleanRun,
+    activate_copy, all_states, assert_same_states, clean_run, clean_run_with_model,
+    committed_messages, published_forecasts, published_output_ids, spawn_pipeline, test_config,
+    trained_model, CleanRun,
 };
 
 fn resilience_config(url: &str) -> Config {
@@ -203,6 +204,10 @@ async fn makes_each_forecast_once_across_sigkills<S: LeadStore + 'static>(
 ) {
     let mut config = resilience_config(url);
     config.processor.batch_size = 40;
+    // A trained model scores the leads, live and in the replay: the
+    // forecasts read each lead's model score as it stood at the slot.
+    let model = trained_model(&config).await;
+    activate_copy(store.as_ref(), &model).await;
     kafka::create_topics(&config).await.unwrap();
     let events = simulate::generate(&SimulationParams {
         inflow_growth: 1.0,
@@ -217,7 +222,7 @@ async fn makes_each_forecast_once_across_sigkills<S: LeadStore + 'static>(
         .unwrap();
     let total = events.len() as i64;
     kill_at_then_finish(store.as_ref(), &config, total, &[0.5, 0.75, 0.9]).await;
-    let clean = clean_run(&config, &events).await;
+    let clean = clean_run_with_model(&config, &events, Some(&model)).await;
     let kinds: BTreeSet<&str> = clean.forecasts.values().map(|f| f.kind.as_str()).collect();
     assert_eq!(
         kinds,
@@ -237,6 +242,17 @@ async fn makes_each_forecast_once_across_sigkills<S: LeadStore + 'static>(
         .filter(|f| f.kind.as_str() == "pipeline_value")
         .count();
     assert!(slots >= 10, "one pipeline value per weekly slot: {slots}");
+    let from_model = store
+        .forecasts(Some("pipeline_value"), 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.model_version.is_some())
+        .count();
+    assert!(
+        from_model >= 9,
+        "{from_model} pipeline values used the model"
+    );
     assert_equals_clean_run(store.as_ref(), &config, &clean).await;
 }
 

@@ -1,12 +1,13 @@
-//! The one commit path. Batches of events, rounds of due timers, replays
-//! and imports all go through [`apply_and_commit`]: load the leads, apply
-//! the work in the pure core, then write the new states, the outputs (to
-//! the outbox, or back to the caller) and the fence in one transaction.
+//! The one commit path. Batches of events, rounds of due timers, forecast
+//! slots, replays and imports all go through [`apply_and_commit`]: load the
+//! leads, apply the work in the pure core (or make the forecasts), then
+//! write the new states, the forecasts, the outputs (to the outbox, or back
+//! to the caller) and the fence in one transaction.
 //!
 //! The fence is what makes a zombie harmless: a batch moves its partitions'
-//! offsets by compare-and-set, a timer round checks that the partitions of
-//! the leads it fired are still where this instance left them, and each
-//! fired lead's stored timer must still be the one that fired.
+//! offsets by compare-and-set, a timer round or a forecast slot checks that
+//! the partitions it writes for are still where this instance left them,
+//! and each fired lead's stored timer must still be the one that fired.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,12 +22,12 @@ use crate::store::{
     BatchWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, StoreError,
 };
 
+use super::assignment::TopicPartition;
+use super::timers::{fire_round, FiredLead};
+
 /// The input partition whose owner makes the scheduled forecasts: their
 /// outbox rows carry it, so exactly one relay publishes them.
 pub const FORECAST_PARTITION: i32 = 0;
-
-use super::assignment::TopicPartition;
-use super::timers::{fire_round, FiredLead};
 
 /// A lead a batch changed.
 pub struct TouchedLead {

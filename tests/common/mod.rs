@@ -390,8 +390,77 @@ pub struct CleanRun {
 }
 
 pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent]) -> CleanRun {
+    clean_run_with_model(config, events, None).await
+}
+
+/// A gradient-boosting model trained on another simulated stream (seed 99,
+/// 1,500 leads over 120 days), ready to copy into a store.
+pub async fn trained_model(config: &Config) -> leadflow::store::NewModel {
     let db = TestSqlite::new();
     let store = db.store().await;
+    let events = leadflow::simulate::generate(&leadflow::simulate::SimulationParams {
+        inflow_growth: 0.0,
+        source_shares: Default::default(),
+        seed: 99,
+        leads: 1_500,
+        days: 120,
+        start: 1_751_328_000_000, // 2025-07-01
+    });
+    leadflow::pipeline::replay::replay(config, &store, events)
+        .await
+        .unwrap();
+    let dataset = leadflow::registry::dataset_from_store(&store, &config.scoring, 365)
+        .await
+        .unwrap();
+    let registered = leadflow::registry::train_and_register(
+        &store,
+        &config.scoring,
+        dataset,
+        "test",
+        leadflow::registry::Activation::Always,
+        std::sync::Arc::new(leadflow::ml::training::NoProgress),
+        1_760_000_000_000,
+        false,
+    )
+    .await
+    .unwrap();
+    let record = store
+        .model_record(registered.version)
+        .await
+        .unwrap()
+        .unwrap();
+    let document = store
+        .model_document(registered.version)
+        .await
+        .unwrap()
+        .unwrap();
+    leadflow::store::NewModel {
+        entry: record.entry,
+        model: document.model,
+        profile: document.profile,
+    }
+}
+
+/// Adds `model` to `store`'s registry and makes it the active one.
+pub async fn activate_copy<S: LeadStore>(store: &S, model: &leadflow::store::NewModel) {
+    let version = store.insert_model(model).await.unwrap();
+    store
+        .activate_model(version, 1_760_000_000_000)
+        .await
+        .unwrap();
+}
+
+/// [`clean_run`] with `model` active in the replay's store.
+pub async fn clean_run_with_model(
+    config: &Config,
+    events: &[leadflow::events::InputEvent],
+    model: Option<&leadflow::store::NewModel>,
+) -> CleanRun {
+    let db = TestSqlite::new();
+    let store = db.store().await;
+    if let Some(model) = model {
+        activate_copy(&store, model).await;
+    }
     let (_, outputs) = leadflow::pipeline::replay::replay(config, &store, events.to_vec())
         .await
         .unwrap();
