@@ -61,9 +61,10 @@ pub struct ApplyContext<'a> {
     /// Nurturing rules; `None` applies events without nurturing (an import
     /// of history must not enrol leads in the past).
     pub nurture: Option<&'a NurtureConfig>,
-    /// When scheduled forecasts fall, so that each lead keeps its score at
-    /// each slot; `None` when the processor makes no scheduled forecasts
-    /// (and in an import: its leads' past scores were never computed).
+    /// When scheduled forecasts fall, so that each lead keeps what it held
+    /// at each slot it moves past; `None` when the processor makes no
+    /// scheduled forecasts (and in an import: its leads' past scores were
+    /// never computed).
     pub forecast_slots: Option<ForecastSlots>,
 }
 

@@ -198,12 +198,7 @@ impl LeadState {
     /// same terms as [`LeadState::score_as_of`].
     pub fn held_at(&self, at: Millis) -> Option<HeldAt<'_>> {
         if self.updated_at <= at {
-            return Some(HeldAt {
-                score: self.score.as_ref(),
-                owner: self.owner.as_deref(),
-                source: self.source.as_deref(),
-                estimated_value: self.estimated_value,
-            });
+            return Some(self.held_now());
         }
         self.slot_snapshots
             .iter()
@@ -219,12 +214,16 @@ impl LeadState {
     /// [`LeadState::held_at`], or what the lead holds now once that is no
     /// longer known (it moved past more slots since than it keeps).
     pub fn held_at_or_latest(&self, at: Millis) -> HeldAt<'_> {
-        self.held_at(at).unwrap_or(HeldAt {
+        self.held_at(at).unwrap_or_else(|| self.held_now())
+    }
+
+    fn held_now(&self) -> HeldAt<'_> {
+        HeldAt {
             score: self.score.as_ref(),
             owner: self.owner.as_deref(),
             source: self.source.as_deref(),
             estimated_value: self.estimated_value,
-        })
+        }
     }
 
     /// Before an event at `at` is applied: if a slot falls between the
