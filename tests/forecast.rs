@@ -386,27 +386,8 @@ async fn the_schedule_follows_the_wall_clock<S: LeadStore + 'static>(
     // Half an hour into Monday the 12th: the 5th is due, the 12th is not yet.
     let clock = Arc::new(ManualClock::new(monday(1) + 1_800_000));
     let metrics = Arc::new(leadflow::metrics::Metrics::new());
-    let pipeline = leadflow::pipeline::Pipeline::new(
-        config.clone(),
-        store.clone(),
-        Arc::new(leadflow::codec::Codec::new(None)),
-        metrics.clone(),
-    )
-    .unwrap()
-    .with_clock(clock.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        pipeline
-            .run(
-                leadflow::pipeline::RunOptions {
-                    exit_when_idle: None,
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-    });
+    let (stop, task) =
+        common::spawn_pipeline_on_clock(&config, store.clone(), metrics.clone(), clock.clone());
     let slots_made = |store: Arc<S>| async move {
         let mut slots: Vec<i64> = store
             .forecasts(Some("pipeline_value"), 100)

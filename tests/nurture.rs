@@ -21,12 +21,12 @@ use leadflow::events::{
 };
 use leadflow::kafka::{self, InputFormat};
 use leadflow::metrics::Metrics;
-use leadflow::pipeline::{Pipeline, RunOptions};
 use leadflow::store::LeadStore;
 use leadflow::testing::{self, lead_created};
 
 use common::{
-    committed_messages, produce, published_messages, read_dead_letters, spawn_pipeline, test_config,
+    committed_messages, produce, published_messages, read_dead_letters, spawn_pipeline,
+    spawn_pipeline_on_clock, test_config,
 };
 
 const DAY: Millis = MILLIS_PER_DAY;
@@ -273,27 +273,12 @@ async fn nurtures_on_a_controllable_clock<S: LeadStore + 'static>(store: Arc<S>,
     ]);
 
     let clock = Arc::new(ManualClock::new(T0));
-    let pipeline = Pipeline::new(
-        config.clone(),
+    let (stop, task) = spawn_pipeline_on_clock(
+        &config,
         store.clone(),
-        Arc::new(Codec::new(None)),
         Arc::new(Metrics::new()),
-    )
-    .unwrap()
-    .with_clock(clock.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        pipeline
-            .run(
-                RunOptions {
-                    exit_when_idle: None,
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-    });
+        clock.clone(),
+    );
     let mut published = 0;
     for t in checkpoints {
         let events = timeline.remove(&t).unwrap_or_default();

@@ -366,16 +366,13 @@ pub async fn published_score_ids(config: &Config) -> Vec<String> {
 pub async fn all_states<S: LeadStore>(
     store: &S,
 ) -> std::collections::BTreeMap<String, leadflow::core::state::LeadState> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut after = String::new();
-    loop {
-        let page = store.list_leads(&after, 500).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.lead_ext_id.clone();
-        let ids: Vec<&str> = page.iter().map(|l| l.lead_ext_id.as_str()).collect();
-        out.extend(store.load_leads(&ids).await.unwrap());
-    }
-    out
+    store
+        .all_lead_states()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.lead_ext_id.clone(), l))
+        .collect()
 }
 
 /// What one clean run of `events` gives: a replay into a fresh SQLite store.
@@ -497,6 +494,47 @@ pub fn assert_same_states(
             .unwrap_or_else(|| panic!("lead {id} missing"));
         assert_eq!(got, want, "state of lead {id}");
     }
+}
+
+/// A pipeline run in the background until the returned sender is used (or
+/// dropped).
+pub type StoppablePipeline = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<
+        Result<leadflow::pipeline::RunSummary, leadflow::pipeline::PipelineError>,
+    >,
+);
+
+/// Runs a pipeline on `clock` with `metrics` in the background, with no
+/// idle limit: tests that move the clock by hand stop it when done.
+pub fn spawn_pipeline_on_clock<S: LeadStore + 'static>(
+    config: &Config,
+    store: std::sync::Arc<S>,
+    metrics: std::sync::Arc<leadflow::metrics::Metrics>,
+    clock: std::sync::Arc<leadflow::core::clock::ManualClock>,
+) -> StoppablePipeline {
+    let pipeline = leadflow::pipeline::Pipeline::new(
+        config.clone(),
+        store,
+        std::sync::Arc::new(leadflow::codec::Codec::new(None)),
+        metrics,
+    )
+    .expect("pipeline")
+    .with_clock(clock);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        pipeline
+            .run(
+                leadflow::pipeline::RunOptions {
+                    exit_when_idle: None,
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+    });
+    (stop, task)
 }
 
 /// Runs a pipeline in the background until it has been idle for `idle`;
