@@ -295,10 +295,15 @@ fn small_data(python: &str, scoring: &ScoringConfig) {
     }
     let status = prepare.status().expect("run benches/ml/small_data.py");
     assert!(status.success(), "small_data.py prepare failed");
+    // LEADFLOW_BENCH_SETS=oj,caravan runs only those (all are prepared).
+    let only: Option<Vec<String>> = std::env::var("LEADFLOW_BENCH_SETS")
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect());
     let names = PUBLIC_SETS
         .iter()
         .map(|s| s.to_string())
-        .chain(SMALL_LEAD_ROWS.iter().map(|r| format!("leads-{r}")));
+        .chain(SMALL_LEAD_ROWS.iter().map(|r| format!("leads-{r}")))
+        .filter(|name| only.as_ref().is_none_or(|o| o.contains(name)));
     println!("| data set | rows | library | ROC AUC | Brier | fit s |");
     println!("|---|---:|---|---:|---:|---:|");
     let mut verdicts = Vec::new();

@@ -109,6 +109,15 @@ fn a_bad_value_names_the_key_and_the_reason() {
         "{e}"
     );
     let e = error(
+        "[scoring.training.gradient_boosting]\nlinear_start_alpha = -1.0\n",
+        &[],
+    );
+    assert!(
+        e.contains("scoring.training.gradient_boosting.linear_start_alpha")
+            && e.contains("penalty of 0 or more"),
+        "{e}"
+    );
+    let e = error(
         "[scoring.features]\nnumeric_attributes = [\"size\"]\ncategorical_attributes = [\"size\"]\n",
         &[],
     );

@@ -103,78 +103,125 @@ pub fn boosting_candidates(base: &BoostingParams) -> Vec<BoostingParams> {
     candidates
 }
 
-/// Boosting candidates by cross-validation. Each fold stops early on its own
-/// held-out rows; the folds' loss curves are averaged (a fold that stopped
-/// keeps its last loss), and the number of trees at the averaged minimum is
-/// the one the winner refits with.
+/// How many fits [`choose_boosting`] reports through `on_fit`.
+pub fn boosting_fits(base: &BoostingParams, logistic: &LogisticParams, folds: usize) -> usize {
+    let linear = if base.linear_start_alpha.is_none() {
+        logistic_candidates(logistic).len() + 1
+    } else {
+        0
+    };
+    (boosting_candidates(base).len() + linear) * folds
+}
+
+/// Boosting candidates by cross-validation: the tree candidates, then the
+/// most regularised trees (stumps) boosted from a logistic regression (its
+/// penalty chosen by the same folds), which wins where a linear model is
+/// most of the answer. Stumps, not the trees that won from the base rate:
+/// on top of a linear model deeper trees add variance that a few hundred
+/// rows' folds cannot see (docs/MODELS.md has the measurement).
 pub fn choose_boosting(
     table: &Table,
     y: &[f64],
     folds: &Folds,
     base: &BoostingParams,
+    logistic: &LogisticParams,
     on_fit: &(dyn Fn() + Sync),
 ) -> Chosen<BoostingParams> {
     let mut best: Option<(f64, BoostingParams, Vec<f64>)> = None;
     let mut tried = Vec::new();
-    for candidate in boosting_candidates(base) {
-        let runs: Vec<_> = (0..folds.count)
-            .into_par_iter()
-            .map(|fold| {
-                let (fit_rows, held_rows) = folds.split(fold);
-                let (fit, fit_y) = subset(table, y, &fit_rows);
-                let (held, held_y) = subset(table, y, &held_rows);
-                let run = boost(
-                    &fit,
-                    &fit_y,
-                    Some((&held, &held_y)),
-                    &candidate,
-                    &mut |_, _| {},
-                );
-                on_fit();
-                (run, held_rows, held)
-            })
-            .collect();
-        let longest = runs
-            .iter()
-            .map(|(r, ..)| r.valid_losses.len())
-            .max()
-            .unwrap_or(0);
-        let curve: Vec<f64> = (0..longest)
-            .map(|i| {
-                runs.iter()
-                    .map(|(r, ..)| r.valid_losses[i.min(r.valid_losses.len() - 1)])
-                    .sum::<f64>()
-                    / runs.len() as f64
-            })
-            .collect();
-        let Some(trees) = best_prefix(&curve) else {
-            continue;
+    let mut consider = |candidate: BoostingParams,
+                        best: &mut Option<(f64, BoostingParams, Vec<f64>)>| {
+        let Some((log_loss, params, held_out)) =
+            cross_validate_boosting(table, y, folds, candidate, on_fit)
+        else {
+            return;
         };
-        let mut held_out = vec![0.0; y.len()];
-        for (run, held_rows, held) in &runs {
-            for (i, &r) in held_rows.iter().enumerate() {
-                held_out[r] = sigmoid(run.booster.margin_of_first(trees, &held.row(i)));
-            }
-        }
-        let params = BoostingParams {
-            max_trees: trees,
-            ..candidate
-        };
-        let log_loss = curve[trees - 1];
         tried.push(Tried {
             params: serde_json::to_value(&params).expect("plain data"),
             log_loss,
         });
         if best.as_ref().is_none_or(|(b, ..)| log_loss < *b) {
-            best = Some((log_loss, params, held_out));
+            *best = Some((log_loss, params, held_out));
+        }
+    };
+    for candidate in boosting_candidates(base) {
+        consider(candidate, &mut best);
+    }
+    if base.linear_start_alpha.is_none() {
+        if let Some(linear) = choose_logistic(table, y, folds, logistic, on_fit) {
+            let most_regularised = boosting_candidates(base).pop().expect("the base at least");
+            let candidate = BoostingParams {
+                linear_start_alpha: Some(linear.params.alpha),
+                ..most_regularised
+            };
+            consider(candidate, &mut best);
         }
     }
-    let (_, params, held_out) = best.expect("at least one candidate and one tree");
+    let (_, params, held_out) = best.expect("at least one candidate");
     Chosen {
         params,
         held_out,
         tried,
     }
+}
+
+/// One boosting candidate over the folds. Each fold stops early on its own
+/// held-out rows; the folds' loss curves (from before the first tree) are
+/// averaged, a fold that stopped keeping its last loss, and the number of
+/// trees at the averaged minimum is the one the candidate refits with.
+/// Returns the mean held-out log loss there, the parameters with that
+/// number of trees, and each row's held-out probability.
+fn cross_validate_boosting(
+    table: &Table,
+    y: &[f64],
+    folds: &Folds,
+    candidate: BoostingParams,
+    on_fit: &(dyn Fn() + Sync),
+) -> Option<(f64, BoostingParams, Vec<f64>)> {
+    let runs: Vec<_> = (0..folds.count)
+        .into_par_iter()
+        .map(|fold| {
+            let (fit_rows, held_rows) = folds.split(fold);
+            let (fit, fit_y) = subset(table, y, &fit_rows);
+            let (held, held_y) = subset(table, y, &held_rows);
+            let run = boost(
+                &fit,
+                &fit_y,
+                Some((&held, &held_y)),
+                &candidate,
+                &mut |_, _| {},
+            );
+            on_fit();
+            // Loss after 0, 1, 2, ... trees.
+            let curve: Vec<f64> = run
+                .start_loss
+                .into_iter()
+                .chain(run.valid_losses.iter().copied())
+                .collect();
+            (run.booster, curve, held_rows, held)
+        })
+        .collect();
+    let longest = runs.iter().map(|(_, c, ..)| c.len()).max().unwrap_or(0);
+    let curve: Vec<f64> = (0..longest)
+        .map(|i| {
+            runs.iter()
+                .map(|(_, c, ..)| c[i.min(c.len() - 1)])
+                .sum::<f64>()
+                / runs.len() as f64
+        })
+        .collect();
+    let trees = best_prefix(&curve)? - 1;
+    let mut held_out = vec![0.0; y.len()];
+    for (booster, _, held_rows, held) in &runs {
+        for (i, &r) in held_rows.iter().enumerate() {
+            held_out[r] = sigmoid(booster.margin_of_first(trees, &held.row(i)));
+        }
+    }
+    let params = BoostingParams {
+        max_trees: trees,
+        ..candidate
+    };
+    Some((curve[trees], params, held_out))
 }
 
 /// Candidates for the forest: the configured leaf size, smaller and larger
@@ -392,27 +439,77 @@ mod choice_tests {
         let base = BoostingParams::default();
         let (table, y) = data(1500, 20, false, 3);
         let folds = Folds::new(&y, 5, false, 7);
-        let additive = choose_boosting(&table, &y, &folds, &base, &|| {});
+        let additive = choose_boosting(
+            &table,
+            &y,
+            &folds,
+            &base,
+            &LogisticParams::default(),
+            &|| {},
+        );
         assert!(
             additive.params.max_depth < base.max_depth,
             "additive data chose depth {}",
             additive.params.max_depth
         );
-        assert_eq!(additive.tried.len(), boosting_candidates(&base).len());
-        assert!(additive.params.max_trees >= 1 && additive.params.max_trees <= base.max_trees);
+        // The tree candidates and the winner's trees from a linear start.
+        assert_eq!(additive.tried.len(), boosting_candidates(&base).len() + 1);
+        assert!(additive.params.max_trees <= base.max_trees);
         // The held-out predictions are honest: one per row, in (0, 1).
         assert_eq!(additive.held_out.len(), y.len());
         assert!(additive.held_out.iter().all(|p| *p > 0.0 && *p < 1.0));
 
         let (table, y) = data(1500, 2, true, 4);
         let folds = Folds::new(&y, 5, false, 7);
-        let interaction = choose_boosting(&table, &y, &folds, &base, &|| {});
+        let interaction = choose_boosting(
+            &table,
+            &y,
+            &folds,
+            &base,
+            &LogisticParams::default(),
+            &|| {},
+        );
         // Stumps cannot express x0 * x1.
         assert!(
             interaction.params.max_depth >= 2,
             "interaction chose depth {}",
             interaction.params.max_depth
         );
+    }
+
+    #[test]
+    fn log_odds_linear_in_few_columns_choose_the_linear_start() {
+        let base = BoostingParams::default();
+        let (table, y) = data(1500, 2, false, 3);
+        let folds = Folds::new(&y, 5, false, 7);
+        let chosen = choose_boosting(
+            &table,
+            &y,
+            &folds,
+            &base,
+            &LogisticParams::default(),
+            &|| {},
+        );
+        let alpha = chosen.params.linear_start_alpha;
+        assert!(
+            alpha.is_some(),
+            "trees from the base rate won: {:?}",
+            chosen.tried
+        );
+        let linear = chosen.tried.last().unwrap();
+        assert_eq!(linear.params["linear_start_alpha"].as_f64(), alpha);
+        assert!(chosen.tried.iter().all(|t| t.log_loss >= linear.log_loss));
+        // What the winner refits into: a booster that starts from the
+        // logistic regression and scores it (plus its trees, if any).
+        let booster =
+            crate::ml::trees::train_boosting(&table, &y, None, &chosen.params, &mut |_, _| {});
+        let start = booster.linear.as_ref().expect("a linear start");
+        assert_eq!(booster.trees.len(), chosen.params.max_trees);
+        assert_eq!(booster.base_margin, 0.0);
+        if booster.trees.is_empty() {
+            let row = table.row(0);
+            assert_eq!(booster.margin(&row), start.margin(&row));
+        }
     }
 
     #[test]

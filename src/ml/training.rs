@@ -125,6 +125,20 @@ impl TrainingConfig {
                 return Err((key.into(), format!("{v} is less than {least}")));
             }
         }
+        for (key, alpha) in [
+            (
+                "training.gradient_boosting.linear_start_alpha",
+                gb.linear_start_alpha.unwrap_or(0.0),
+            ),
+            ("training.logistic.alpha", self.logistic.alpha),
+        ] {
+            if !(alpha >= 0.0 && alpha.is_finite()) {
+                return Err((
+                    key.into(),
+                    format!("{alpha} must be a penalty of 0 or more"),
+                ));
+            }
+        }
         for (key, bins) in [
             ("training.gradient_boosting.max_bins", gb.max_bins),
             (
@@ -397,12 +411,19 @@ fn fit_searched(
     let (learner, held_out, method, params, tried) = match config.model_type {
         ModelType::GradientBoosting => {
             let base = &config.gradient_boosting;
-            let candidates = super::selection::boosting_candidates(base).len();
+            let fits = super::selection::boosting_fits(base, &config.logistic, folds.count);
             progress.stage(
                 "gradient boosting (cross-validated fits)",
-                (candidates * folds.count + 1 + timed as usize) as u64,
+                (fits + 1 + timed as usize) as u64,
             );
-            let chosen = choose_boosting(&search_table, search_y, &folds, base, &on_fit);
+            let chosen = choose_boosting(
+                &search_table,
+                search_y,
+                &folds,
+                base,
+                &config.logistic,
+                &on_fit,
+            );
             let refit = |table: &Table, y: &[f64]| {
                 let booster = train_boosting(table, y, None, &chosen.params, &mut |_, _| {});
                 on_fit();

@@ -1,5 +1,8 @@
 //! Gradient boosting for binary log-loss: Newton steps, shrinkage, row
-//! sampling and early stopping on a validation slice.
+//! sampling and early stopping on a validation slice. The trees start from
+//! the base rate or, as scikit-learn's `init` estimator allows, from a
+//! logistic regression's margin, so that where a linear model is right the
+//! trees only add what it misses.
 
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -12,6 +15,7 @@ use super::compiled::CompiledCache;
 use super::grow::{row_major, sampled, GrowParams, TrainingData, Workspace};
 use super::histogram::GradPair;
 use super::tree::{BinTree, Tree};
+use crate::ml::linear::{Logistic, LogisticParams};
 use crate::ml::table::{sigmoid, Table};
 
 /// Gradient boosting for binary log-loss.
@@ -34,6 +38,9 @@ pub struct BoostingParams {
     /// Stop when the validation log loss has not improved for this many trees.
     pub early_stopping_rounds: usize,
     pub seed: u64,
+    /// Boost from a logistic regression with this L2 penalty instead of the
+    /// base rate (none: the base rate). The search of small data tries it.
+    pub linear_start_alpha: Option<f64>,
 }
 
 impl Default for BoostingParams {
@@ -51,6 +58,7 @@ impl Default for BoostingParams {
             max_bins: 255,
             early_stopping_rounds: 40,
             seed: 7,
+            linear_start_alpha: None,
         }
     }
 }
@@ -58,30 +66,46 @@ impl Default for BoostingParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Booster {
     pub binner: Binner,
-    /// Log-odds every prediction starts from (the training base rate).
+    /// Log-odds every prediction starts from (the training base rate, or 0
+    /// with a linear start).
     pub base_margin: f64,
+    /// The logistic regression the trees were boosted from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear: Option<Logistic>,
     pub trees: Vec<Tree>,
     #[serde(skip)]
     pub(super) compiled: CompiledCache,
 }
 
 impl Booster {
-    pub fn new(binner: Binner, base_margin: f64, trees: Vec<Tree>) -> Booster {
+    pub fn new(
+        binner: Binner,
+        base_margin: f64,
+        linear: Option<Logistic>,
+        trees: Vec<Tree>,
+    ) -> Booster {
         Booster {
             binner,
             base_margin,
+            linear,
             trees,
             compiled: CompiledCache::default(),
         }
     }
 
+    /// Where the trees start for `row`: the base margin plus the linear
+    /// start's margin.
+    fn start(&self, row: &[f64]) -> f64 {
+        self.base_margin + self.linear.as_ref().map_or(0.0, |l| l.margin(row))
+    }
+
     pub fn margin(&self, row: &[f64]) -> f64 {
-        self.base_margin + self.compiled.get(&self.trees).sum(&self.binner, row)
+        self.start(row) + self.compiled.get(&self.trees).sum(&self.binner, row)
     }
 
     /// The margin of the model cut to its first `trees` trees.
     pub fn margin_of_first(&self, trees: usize, row: &[f64]) -> f64 {
-        self.base_margin
+        self.start(row)
             + self.trees[..trees.min(self.trees.len())]
                 .iter()
                 .map(|t| t.predict(row))
@@ -95,7 +119,12 @@ impl Booster {
     /// Per-feature contributions in log-odds; they sum with the returned bias
     /// to [`Booster::margin`].
     pub fn attribute(&self, row: &[f64], contributions: &mut [f64]) -> f64 {
+        let linear_bias = self
+            .linear
+            .as_ref()
+            .map_or(0.0, |l| l.attribute(row, contributions));
         self.base_margin
+            + linear_bias
             + self
                 .compiled
                 .get(&self.trees)
@@ -172,14 +201,22 @@ pub fn train_boosting(
 /// A boosting run with every tree it grew and the validation loss after each.
 pub struct Boosted {
     pub booster: Booster,
+    /// Validation log loss before the first tree (none without validation
+    /// rows).
+    pub start_loss: Option<f64>,
     /// Validation log loss after tree 1, 2, ... (empty without validation rows).
     pub valid_losses: Vec<f64>,
 }
 
 impl Boosted {
-    /// Trees up to the lowest validation loss (the first of equals).
+    /// Trees up to the lowest validation loss (the first of equals); 0 when
+    /// no tree improved on the start.
     pub fn best_trees(&self) -> Option<usize> {
-        best_prefix(&self.valid_losses)
+        let trees = best_prefix(&self.valid_losses)?;
+        match self.start_loss {
+            Some(start) if !improves(self.valid_losses[trees - 1], start) => Some(0),
+            _ => Some(trees),
+        }
     }
 }
 
@@ -215,11 +252,27 @@ pub fn boost(
     let binned = binner.bin_table(train);
     let data = TrainingData::new(&binner, &binned);
     let rate = (y.iter().sum::<f64>() / n.max(1) as f64).clamp(1e-6, 1.0 - 1e-6);
-    let base_margin = (rate / (1.0 - rate)).ln();
-    let mut margins = vec![base_margin; n];
+    let linear = params.linear_start_alpha.and_then(|alpha| {
+        Logistic::fit(train, y, &LogisticParams { alpha })
+            .inspect_err(|e| tracing::warn!(error = %e, "boosting from the base rate instead"))
+            .ok()
+    });
+    let base_margin = if linear.is_some() {
+        0.0
+    } else {
+        (rate / (1.0 - rate)).ln()
+    };
+    let start_of = |table: &Table| -> Vec<f64> {
+        match &linear {
+            Some(l) => (0..table.rows()).map(|r| l.margin(&table.row(r))).collect(),
+            None => vec![base_margin; table.rows()],
+        }
+    };
+    let mut margins = start_of(train);
     let mut gradients: Vec<GradPair> = vec![[0.0; 2]; n];
     let valid_bins = valid.map(|(t, _)| row_major(&binner.bin_table(t)));
-    let mut valid_margins = vec![base_margin; valid.map_or(0, |(t, _)| t.rows())];
+    let mut valid_margins = valid.map_or_else(Vec::new, |(t, _)| start_of(t));
+    let start_loss = valid.map(|(_, vy)| log_loss_of(&valid_margins, vy));
     let features = train.kinds.len();
     let grow = GrowParams {
         max_leaves: params.max_leaves,
@@ -233,7 +286,7 @@ pub fn boost(
     };
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed);
     let mut trees = Vec::new();
-    let mut best = (f64::INFINITY, 0usize);
+    let mut best = (start_loss.unwrap_or(f64::INFINITY), 0usize);
     let mut valid_losses = Vec::new();
     // Seconds in gradients and sampling, growing, updating margins.
     let mut spent = [0.0f64; 3];
@@ -360,7 +413,8 @@ pub fn boost(
         "boosting phases"
     );
     Boosted {
-        booster: Booster::new(binner, base_margin, trees),
+        booster: Booster::new(binner, base_margin, linear, trees),
+        start_loss,
         valid_losses,
     }
 }

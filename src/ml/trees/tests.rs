@@ -128,6 +128,40 @@ fn attributions_sum_to_the_prediction_and_blame_the_right_feature() {
 }
 
 #[test]
+fn a_linear_start_is_part_of_the_margin_its_attributions_and_the_stored_form() {
+    let (train, y) = toy(3000, 4);
+    let params = BoostingParams {
+        max_trees: 40,
+        linear_start_alpha: Some(1.0),
+        ..BoostingParams::default()
+    };
+    let booster = train_boosting(&train, &y, None, &params, &mut |_, _| {});
+    let linear = booster
+        .linear
+        .as_ref()
+        .expect("fitted from the logistic start");
+    let row = [0.9, 2.0, 0.3];
+    let trees: f64 = booster.trees.iter().map(|t| t.predict(&row)).sum();
+    assert!((booster.margin(&row) - (linear.margin(&row) + trees)).abs() < 1e-9);
+    let mut c = vec![0.0; 3];
+    let bias = booster.attribute(&row, &mut c);
+    assert!((bias + c.iter().sum::<f64>() - booster.margin(&row)).abs() < 1e-9);
+    // The trees still learn the threshold the linear start cannot draw.
+    assert!(accuracy(|r| booster.probability(r), &train, &y) > 0.85);
+    // Stored and read back, it scores the same; a booster stored before
+    // linear starts existed (no `linear` field) reads as having none.
+    let json = serde_json::to_value(&booster).unwrap();
+    let back: Booster = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back.margin(&row), booster.margin(&row));
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("linear");
+    let old: Booster = serde_json::from_value(old).unwrap();
+    assert!(old.linear.is_none());
+    let plain = serde_json::to_value(both_models(&train, &y, 5, 1).0).unwrap();
+    assert!(plain.get("linear").is_none());
+}
+
+#[test]
 fn compiled_walk_predicts_what_the_tree_predicts() {
     // 1,003 rows: the lockstep batches and the leftover rows both run.
     let (table, y) = toy(1003, 5);
