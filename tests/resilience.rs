@@ -113,6 +113,33 @@ fn wait_for_exit(child: &mut Child, log: &Path, limit: Duration) {
 
 async fn assert_equals_clean_run<S: LeadStore>(store: &S, config: &Config, clean: &CleanRun) {
     assert_same_states(&all_states(store).await, &clean.states);
+    // Stage transitions: one row each, as the replay wrote them, and as the
+    // input says they happened.
+    let transitions = store.transitions(None).await.unwrap();
+    assert_eq!(transitions, clean.transitions, "lead_transitions");
+    let stage_changes: BTreeSet<(String, String, String, i64)> = transitions
+        .iter()
+        .filter(|t| t.seq > 0)
+        .map(|t| {
+            let event = t.event_id.clone().expect("a stage change names its event");
+            (t.lead_ext_id.clone(), event, t.to_stage.clone(), t.at)
+        })
+        .collect();
+    assert_eq!(
+        transitions.iter().filter(|t| t.seq > 0).count(),
+        stage_changes.len(),
+        "one row per stage change"
+    );
+    assert_eq!(
+        stage_changes, clean.input_stage_changes,
+        "stage changes of the input"
+    );
+    let created: BTreeSet<String> = transitions
+        .iter()
+        .filter(|t| t.seq == 0)
+        .map(|t| t.lead_ext_id.clone())
+        .collect();
+    assert_eq!(created, clean.input_created, "creations of the input");
     assert_eq!(store.outbox_depth().await.unwrap(), 0, "outbox drained");
     let published = published_output_ids(config).await;
     let distinct: BTreeSet<String> = published.iter().cloned().collect();

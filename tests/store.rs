@@ -542,7 +542,114 @@ async fn forecasts_are_stored_and_queued_once<S: LeadStore>(store: Arc<S>, _url:
     assert_eq!(store.earliest_creation().await.unwrap(), Some(777));
 }
 
+/// A lead's creation and stage changes become rows with the batch that
+/// applied them; a later batch adds only the changes the store lacks, and a
+/// batch that rolls back adds none.
+async fn stage_transitions_are_rows_written_with_their_batch<S: LeadStore>(
+    store: Arc<S>,
+    _url: &str,
+) {
+    let mut lead = full_state("WEB-7");
+    let changes = std::mem::take(&mut lead.stage_history);
+    lead.stage = Stage::New;
+    fn write(
+        lead: &LeadState,
+        creation_stored: bool,
+        stored_changes: usize,
+        offsets: Vec<OffsetAdvance>,
+    ) -> BatchWrite<'_> {
+        let mut w = LeadWrite::new(lead, 0);
+        w.creation_stored = creation_stored;
+        w.stored_changes = stored_changes;
+        BatchWrite {
+            consumer_group: "g",
+            leads: vec![w],
+            offsets,
+            ..Default::default()
+        }
+    }
+    store
+        .commit_batch(&write(&lead, false, 0, vec![advance(0, None, 1)]))
+        .await
+        .unwrap();
+    let rows = store.transitions(Some("WEB-7")).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (
+            rows[0].seq,
+            rows[0].from_stage.as_deref(),
+            rows[0].to_stage.as_str()
+        ),
+        (0, None, "new")
+    );
+    assert_eq!(rows[0].at, 1_700_000_000_000);
+    assert_eq!(rows[0].source.as_deref(), Some("referral"));
+    assert_eq!(rows[0].value, Some(42_000.5));
+    // Both changes in one later batch.
+    lead.stage_history = changes.clone();
+    lead.stage = Stage::Qualified;
+    store
+        .commit_batch(&write(&lead, true, 0, vec![advance(0, Some(1), 2)]))
+        .await
+        .unwrap();
+    // A zombie's batch with a third change rolls back: no row.
+    let mut third = lead.clone();
+    third.stage_history.push(StageTransition {
+        from: Some(Stage::Qualified),
+        to: Stage::ClosedWon,
+        at: 1_700_000_900_000,
+        owner: None,
+        deal_value: Some(50_000.0),
+        event_id: "e-4".into(),
+    });
+    let err = store
+        .commit_batch(&write(&third, true, 2, vec![advance(0, Some(1), 3)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    let rows = store.transitions(None).await.unwrap();
+    let seen: Vec<(i32, Option<&str>, &str, i64, Option<&str>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                r.from_stage.as_deref(),
+                r.to_stage.as_str(),
+                r.at,
+                r.event_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (0, None, "new", 1_700_000_000_000, None),
+            (1, Some("new"), "contacted", 1_700_000_200_000, Some("e-2")),
+            (
+                2,
+                Some("contacted"),
+                "qualified",
+                1_700_000_400_000,
+                Some("e-3")
+            ),
+        ]
+    );
+    // The owner's batch with it: the close and its deal value.
+    store
+        .commit_batch(&write(&third, true, 2, vec![advance(0, Some(2), 3)]))
+        .await
+        .unwrap();
+    let rows = store.transitions(Some("WEB-7")).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[3].to_stage, "closed_won");
+    assert_eq!(rows[3].value, Some(50_000.0));
+    // The owner falls back to the lead's when the change names none.
+    assert_eq!(rows[3].owner.as_deref(), Some("rep-03"));
+    assert!(store.transitions(Some("WEB-8")).await.unwrap().is_empty());
+}
+
 backend_tests!(
+    stage_transitions_are_rows_written_with_their_batch,
     forecasts_are_stored_and_queued_once,
     timers_are_found_by_partition_and_fired_once,
     experiment_members_are_counted_per_variant,

@@ -36,6 +36,10 @@ pub struct TouchedLead {
     /// The timer the store held when a timer of this lead fired in the batch.
     pub stored_timer: Option<Millis>,
     pub experiments_changed: bool,
+    /// What the store held of its transitions: its creation, and how many
+    /// stage changes (the rest are new rows).
+    pub creation_stored: bool,
+    pub stored_changes: usize,
 }
 
 impl TouchedLead {
@@ -45,16 +49,21 @@ impl TouchedLead {
             partition: self.partition,
             expect_timer: self.stored_timer,
             experiments_changed: self.experiments_changed,
+            creation_stored: self.creation_stored,
+            stored_changes: self.stored_changes,
         }
     }
 }
 
 impl From<FiredLead> for TouchedLead {
     fn from(f: FiredLead) -> Self {
+        // A timer changes no stage: every transition is stored already.
         TouchedLead {
             partition: f.partition,
             experiments_changed: f.experiments_changed,
             stored_timer: f.stored_timer,
+            creation_stored: f.state.created_at.is_some(),
+            stored_changes: f.state.stage_history.len(),
             state: f.state,
         }
     }
@@ -255,9 +264,17 @@ async fn load_and_apply<S: LeadStore>(
     ids.sort_unstable();
     ids.dedup();
     let mut states: HashMap<String, LeadState> = store.load_leads(&ids).await?;
-    let stored: HashMap<String, (Option<Millis>, ExperimentsDigest)> = states
+    let stored: HashMap<String, StoredLead> = states
         .iter()
-        .map(|(id, s)| (id.clone(), (s.nurture.timer, experiments_digest(s))))
+        .map(|(id, s)| {
+            let stored = StoredLead {
+                timer: s.nurture.timer,
+                digest: experiments_digest(s),
+                creation: s.created_at.is_some(),
+                changes: s.stage_history.len(),
+            };
+            (id.clone(), stored)
+        })
         .collect();
     let ctx = ApplyContext {
         score: config.scoring.policy(),
@@ -272,12 +289,14 @@ async fn load_and_apply<S: LeadStore>(
         .into_iter()
         .filter_map(|(id, (partition, fired))| {
             let state = states.remove(&id)?;
-            let (timer, digest) = stored.get(&id).copied().unwrap_or_default();
+            let before = stored.get(&id).copied().unwrap_or_default();
             Some(TouchedLead {
                 partition,
                 // Only a timer the store already held can be raced for.
-                stored_timer: if fired { timer } else { None },
-                experiments_changed: experiments_digest(&state) != digest,
+                stored_timer: if fired { before.timer } else { None },
+                experiments_changed: experiments_digest(&state) != before.digest,
+                creation_stored: before.creation,
+                stored_changes: before.changes,
                 state,
             })
         })
@@ -289,6 +308,15 @@ async fn load_and_apply<S: LeadStore>(
         duplicates: outcome.duplicates,
         ..Prepared::default()
     })
+}
+
+/// What the store held of a lead before the batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct StoredLead {
+    timer: Option<Millis>,
+    digest: ExperimentsDigest,
+    creation: bool,
+    changes: usize,
 }
 
 pub(super) type ExperimentsDigest = (usize, usize, usize);

@@ -1,6 +1,8 @@
-//! The one write of the commit path: leads, their experiment memberships,
-//! offsets, forecasts and outbox rows in one transaction.
+//! The one write of the commit path: leads, their stage transitions, their
+//! experiment memberships, offsets, forecasts and outbox rows in one
+//! transaction.
 
+use super::transitions::INSERT_TRANSITION;
 use super::*;
 
 /// A lead's new state and where it belongs.
@@ -14,6 +16,10 @@ pub struct LeadWrite<'a> {
     pub expect_timer: Option<i64>,
     /// The lead's experiment memberships changed and must be rewritten.
     pub experiments_changed: bool,
+    /// Whether the store holds the lead's creation row, and how many of its
+    /// stage changes; the rest are written to `lead_transitions`.
+    pub creation_stored: bool,
+    pub stored_changes: usize,
 }
 
 /// What one processed batch changes, written in one transaction.
@@ -37,6 +43,8 @@ impl<'a> LeadWrite<'a> {
             partition,
             expect_timer: None,
             experiments_changed: !state.nurture.experiments.is_empty(),
+            creation_stored: false,
+            stored_changes: 0,
         }
     }
 }
@@ -87,7 +95,7 @@ const INSERT_OUTBOX: &str =
     ON CONFLICT (output_id) DO NOTHING";
 
 store_concern! {
-    /// The one write of the commit path: leads, their experiment memberships, offsets, forecasts and outbox rows in one transaction.
+    /// The one write of the commit path: leads, their stage transitions, their experiment memberships, offsets, forecasts and outbox rows in one transaction.
     pub trait Batches {
         /// Writes the leads, offsets and outbox rows of a batch atomically: all or
         /// nothing. Fails with [`StoreError::Fenced`] if an offset moved meanwhile.
@@ -120,6 +128,20 @@ store_concern! {
                     return Err(StoreError::TimerTaken {
                         lead: lead.lead_ext_id.clone(),
                     });
+                }
+                for t in new_transitions(lead, write.creation_stored, write.stored_changes) {
+                    sqlx::query(INSERT_TRANSITION)
+                        .bind(&t.lead_ext_id)
+                        .bind(t.seq)
+                        .bind(&t.from_stage)
+                        .bind(&t.to_stage)
+                        .bind(t.at)
+                        .bind(&t.owner)
+                        .bind(&t.source)
+                        .bind(t.value)
+                        .bind(&t.event_id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 if write.experiments_changed {
                     for (experiment, m) in &lead.nurture.experiments {

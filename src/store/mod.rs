@@ -2,7 +2,7 @@
 //!
 //! PostgreSQL is the production store, SQLite the embedded default. Each
 //! concern (leads, the batch write, offsets, outbox, timers, experiments,
-//! models, deliveries) is one file holding its types, its SQL and one
+//! models, deliveries, forecasts, transitions) is one file holding its types, its SQL and one
 //! [`store_concern!`] block: every method is written once there, and the
 //! macro makes of it the trait, both backends' implementations (the same
 //! SQL, so they cannot drift) and the [`Store`] delegate. Only the
@@ -20,6 +20,7 @@ mod models;
 mod offsets;
 mod outbox;
 mod timers;
+mod transitions;
 
 pub use batch::{BatchWrite, Batches, LeadWrite};
 pub use deliveries::{Deliveries, DeliveryClaim, DeliveryOutcome, DeliveryRecord};
@@ -30,12 +31,13 @@ pub use models::{ModelDocument, ModelEntry, ModelRecord, Models, NewModel};
 pub use offsets::{OffsetAdvance, Offsets, PartitionOffset};
 pub use outbox::{NewOutboxRow, Outbox, OutboxEntry};
 pub use timers::Timers;
+pub use transitions::{new_transitions, TransitionRow, Transitions};
 
 /// Every concern trait, for calling store methods on a concrete store.
 pub mod prelude {
     pub use super::{
         Batches, Deliveries, Experiments, Forecasts, LeadStore, Leads, Migrate, Models, Offsets,
-        Outbox, Timers,
+        Outbox, Timers, Transitions,
     };
 }
 
@@ -274,6 +276,7 @@ pub trait LeadStore:
     + Models
     + Deliveries
     + Forecasts
+    + Transitions
 {
 }
 
@@ -288,6 +291,7 @@ impl<T> LeadStore for T where
         + Models
         + Deliveries
         + Forecasts
+        + Transitions
 {
 }
 

@@ -384,6 +384,12 @@ pub struct CleanRun {
     pub messages: usize,
     /// Of the outputs, the forecasts, by id.
     pub forecasts: std::collections::BTreeMap<String, leadflow::events::ForecastEvent>,
+    /// The replay's `lead_transitions` rows.
+    pub transitions: Vec<leadflow::store::TransitionRow>,
+    /// Worked out from the input alone: each distinct stage change as
+    /// (lead, event id, to stage, at), and the leads a LeadEvent created.
+    pub input_stage_changes: std::collections::BTreeSet<(String, String, String, i64)>,
+    pub input_created: std::collections::BTreeSet<String>,
 }
 
 pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent]) -> CleanRun {
@@ -473,12 +479,33 @@ pub async fn clean_run_with_model(
             _ => None,
         })
         .collect();
+    let mut input_stage_changes = std::collections::BTreeSet::new();
+    let mut input_created = std::collections::BTreeSet::new();
+    for event in events {
+        match event {
+            leadflow::events::InputEvent::StageChange(e) => {
+                input_stage_changes.insert((
+                    e.lead_ext_id.clone(),
+                    e.event_id.clone(),
+                    e.to_stage.as_str().to_string(),
+                    e.occurred_at,
+                ));
+            }
+            leadflow::events::InputEvent::Lead(e) => {
+                input_created.insert(e.lead_ext_id.clone());
+            }
+            _ => {}
+        }
+    }
     CleanRun {
         states: all_states(&store).await,
         output_ids,
         outputs: outputs.len(),
         messages,
         forecasts,
+        transitions: store.transitions(None).await.unwrap(),
+        input_stage_changes,
+        input_created,
     }
 }
 
