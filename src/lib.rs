@@ -1,6 +1,7 @@
 //! leadflow: a Kafka stream processor for B2B lead management.
 //! See `docs/ARCHITECTURE.md` for the data flow and the module map.
 
+pub mod analytics;
 pub mod api;
 pub mod codec;
 pub mod config;

@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["ml::table", "ml::derived"],
     &["ml::linear"],
     &["ml::trees"],
-    &["ml", "forecast"],
+    &["ml", "forecast", "analytics"],
     &["config"],
     &["store"],
     &["registry"],

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each parsing its arguments
 //! and calling the library. Errors end here, as `anyhow` reports them.
 
+mod analytics;
 mod experiments;
 mod forecast;
 mod import;
@@ -69,6 +70,9 @@ enum Command {
     /// Forecasts on demand (lead generation per day) and their backtests.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
+    /// Reports over the stage transitions: the funnel of a creation cohort.
+    #[command(subcommand)]
+    Analytics(analytics::AnalyticsCommand),
 }
 
 /// Parses the command line, loads the configuration and runs the command.
@@ -95,6 +99,7 @@ async fn dispatch(command: Command, config: Config) -> Result<()> {
         Command::Import(args) => import::import(config, args).await,
         Command::Experiments(args) => experiments::experiments(config, args).await,
         Command::Forecast(command) => forecast::forecast(config, command).await,
+        Command::Analytics(command) => analytics::analytics(config, command).await,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::*;
 
+use crate::analytics::funnel::{FurthestCount, STEPS};
 use crate::core::state::LeadState;
 use crate::events::Stage;
 
@@ -70,9 +71,38 @@ pub(super) const INSERT_TRANSITION: &str = "INSERT INTO lead_transitions
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (lead_ext_id, seq) DO NOTHING";
 
+/// `CASE to_stage WHEN 'new' THEN 0 ... END`: a row's funnel step, -1 for
+/// closed_lost; built from [`STEPS`] so that the two orders cannot differ.
+fn step_case() -> String {
+    let mut case = String::from("CASE t.to_stage");
+    for (i, stage) in STEPS.iter().enumerate() {
+        case.push_str(&format!(" WHEN '{}' THEN {i}", stage.as_str()));
+    }
+    case.push_str(" ELSE -1 END");
+    case
+}
+
 store_concern! {
     /// Stage transitions as rows: written with the batch, read in order.
     pub trait Transitions {
+        /// Leads created in `[from, until)` by the furthest funnel step they
+        /// entered and whether they were lost.
+        async fn furthest_stages(&self, from: i64, until: i64) -> Result<Vec<FurthestCount>, StoreError> {
+            let sql = format!(
+                "SELECT furthest, lost, COUNT(*) AS leads FROM (
+                    SELECT t.lead_ext_id,
+                        MAX({case}) AS furthest,
+                        MAX(CASE WHEN t.to_stage = 'closed_lost' THEN 1 ELSE 0 END) = 1 AS lost
+                    FROM lead_transitions t
+                    JOIN lead_transitions c ON c.lead_ext_id = t.lead_ext_id AND c.seq = 0
+                    WHERE c.at >= $1 AND c.at < $2
+                    GROUP BY t.lead_ext_id
+                 ) per_lead GROUP BY furthest, lost ORDER BY furthest, lost",
+                case = step_case()
+            );
+            Ok(sqlx::query_as(&sql).bind(from).bind(until).fetch_all(&self.pool).await?)
+        }
+
         /// Every transition (of one lead when `lead` is given), by lead and
         /// sequence.
         // `$1 = ''` rather than `$1 IS NULL`: PostgreSQL cannot type a

@@ -491,7 +491,9 @@ pub async fn clean_run_with_model(
                     e.occurred_at,
                 ));
             }
-            leadflow::events::InputEvent::Lead(e) => {
+            leadflow::events::InputEvent::Lead(e)
+                if e.kind == leadflow::events::LeadEventKind::Created =>
+            {
                 input_created.insert(e.lead_ext_id.clone());
             }
             _ => {}
