@@ -1,6 +1,7 @@
 //! Analytics from the stage transitions the commit path writes, on both
-//! stores: the funnel of a replayed stream equals the one worked out here
-//! from the input events alone, through `leadflow analytics funnel`.
+//! stores: the funnel and the time in stage of a replayed stream equal the
+//! ones worked out here from the input events alone, through `leadflow
+//! analytics`.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use leadflow::analytics::funnel::{step_of, STEPS};
 use leadflow::events::{InputEvent, LeadEventKind, Stage};
+use leadflow::forecast::time_to_close::{CloseCurve, Observation, Outcome};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
 
@@ -55,6 +57,56 @@ fn expected_funnel(events: &[InputEvent], from: i64, until: i64) -> (Vec<i64>, i
     (reached, lost)
 }
 
+/// Time in each open stage worked out from the input: per lead its
+/// creation (stage new) and its distinct stage changes in input order, each
+/// stay ending at the next one or censored at the latest of them all; then
+/// the Kaplan–Meier figures of those stays. (lead, stage) -> stays.
+fn expected_stays(events: &[InputEvent]) -> BTreeMap<Stage, Vec<Observation>> {
+    let mut path: BTreeMap<&str, Vec<(Stage, i64)>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for event in events {
+        match event {
+            InputEvent::Lead(e) if e.kind == LeadEventKind::Created => {
+                let p = path.entry(&e.lead_ext_id).or_default();
+                if p.is_empty() {
+                    p.push((Stage::New, e.occurred_at));
+                }
+            }
+            InputEvent::StageChange(e) if seen.insert(e.event_id.as_str()) => {
+                path.entry(&e.lead_ext_id)
+                    .or_default()
+                    .push((e.to_stage, e.occurred_at));
+            }
+            _ => {}
+        }
+    }
+    let now = path.values().flatten().map(|(_, at)| *at).max().unwrap();
+    let mut stays: BTreeMap<Stage, Vec<Observation>> = BTreeMap::new();
+    for steps in path.values() {
+        for (i, (stage, at)) in steps.iter().enumerate() {
+            if stage.is_closed() {
+                continue;
+            }
+            let (end, outcome) = match steps.get(i + 1) {
+                Some((_, next)) => (*next, Outcome::Won),
+                None => (now, Outcome::Open),
+            };
+            stays.entry(*stage).or_default().push(Observation {
+                days: (end - at) as f64 / DAY as f64,
+                outcome,
+            });
+        }
+    }
+    stays
+}
+
+fn cli_json(url: &str, args: &[&str]) -> serde_json::Value {
+    let run = common::run_cli(url, args);
+    let (out, err) = common::output_text(&run);
+    assert!(run.status.success(), "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 fn funnel_json(url: &str, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["analytics", "funnel", "--json"];
     all.extend_from_slice(args);
@@ -74,7 +126,7 @@ fn reached_and_lost(report: &serde_json::Value) -> (Vec<i64>, i64) {
     (reached, report["lost"].as_i64().unwrap())
 }
 
-async fn funnel_of_a_replayed_stream_is_the_inputs<S: LeadStore>(store: Arc<S>, url: &str) {
+async fn analytics_of_a_replayed_stream_are_the_inputs<S: LeadStore>(store: Arc<S>, url: &str) {
     let config = common::test_config(url);
     let start = 1_767_225_600_000; // 2026-01-01
     let events = simulate::generate(&SimulationParams {
@@ -104,6 +156,35 @@ async fn funnel_of_a_replayed_stream_is_the_inputs<S: LeadStore>(store: Arc<S>, 
     let expected = expected_funnel(&events, start + 30 * DAY, start + 60 * DAY);
     assert_eq!(reached_and_lost(&cohort), expected);
     assert!(expected.0[0] > 200 && expected.0[0] < whole["created"].as_i64().unwrap());
+    // Time in stage, with the leads still in a stage censored.
+    let report = cli_json(url, &["analytics", "time-in-stage", "--json"]);
+    let stays = expected_stays(&events);
+    let report = report.as_array().unwrap();
+    assert_eq!(report.len(), 5, "the open stages");
+    for row in report {
+        let stage: Stage = row["stage"].as_str().unwrap().parse().unwrap();
+        let seen = stays.get(&stage).cloned().unwrap_or_default();
+        let left = seen.iter().filter(|o| o.outcome != Outcome::Open).count();
+        assert_eq!(
+            row["entered"].as_u64().unwrap() as usize,
+            seen.len(),
+            "{stage:?}"
+        );
+        assert_eq!(row["left"].as_u64().unwrap() as usize, left, "{stage:?}");
+        let curve = CloseCurve::estimate(&seen);
+        let close = |field: &str, expected: Option<f64>| match (row[field].as_f64(), expected) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{stage:?} {field}: {a} != {b}"),
+            (a, b) => assert_eq!(a, b, "{stage:?} {field}"),
+        };
+        close(
+            "mean_days",
+            (!seen.is_empty()).then(|| curve.restricted_mean_days()),
+        );
+        close("median_days", curve.quantile(0.5));
+        close("p90_days", curve.quantile(0.9));
+    }
+    let new = &report[0];
+    assert!(new["left"].as_u64().unwrap() > 1000 && new["still_in"].as_u64().unwrap() > 10);
     // A period that ends before it starts says so.
     let run = common::run_cli(
         url,
@@ -123,4 +204,4 @@ async fn funnel_of_a_replayed_stream_is_the_inputs<S: LeadStore>(store: Arc<S>, 
     );
 }
 
-backend_tests!(funnel_of_a_replayed_stream_is_the_inputs);
+backend_tests!(analytics_of_a_replayed_stream_are_the_inputs);

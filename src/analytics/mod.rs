@@ -1,6 +1,22 @@
 //! Analytics over the stage transitions the commit path writes
-//! (`lead_transitions`): pure functions over the store's aggregates. The
-//! first view is the funnel; time in stage, per owner and source, and the
-//! daily trends of issue 17 join here.
+//! (`lead_transitions`): pure functions over the rows and aggregates the
+//! store reads. The funnel and time in stage are here; per owner and source
+//! and the daily trends of issue 17 join them.
 
 pub mod funnel;
+pub mod time_in_stage;
+
+/// One row of `lead_transitions`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TransitionRow {
+    pub lead_ext_id: String,
+    /// 0: the lead's creation; n: its n-th stage change.
+    pub seq: i32,
+    pub from_stage: Option<String>,
+    pub to_stage: String,
+    pub at: i64,
+    pub owner: Option<String>,
+    pub source: Option<String>,
+    pub value: Option<f64>,
+    pub event_id: Option<String>,
+}

@@ -4,7 +4,7 @@ use anyhow::Result;
 use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
-use leadflow::analytics::funnel;
+use leadflow::analytics::{funnel, time_in_stage};
 use leadflow::config::Config;
 use leadflow::store::prelude::*;
 
@@ -15,14 +15,18 @@ pub(crate) enum AnalyticsCommand {
     /// Of the leads created in the period: how many reached each stage, the
     /// conversion to the next and to closed_won, and how many were lost.
     Funnel(PeriodArgs),
+    /// Per open stage, of the entries into it in the period: how long leads
+    /// stay (mean, median, p90 days, leads still in it counted as censored).
+    TimeInStage(PeriodArgs),
 }
 
 #[derive(Args)]
 pub(crate) struct PeriodArgs {
-    /// First day of creation counted (UTC, YYYY-MM-DD); default: the first.
+    /// First day counted (UTC, YYYY-MM-DD): of creation for the funnel, of
+    /// entry into the stage for time in stage; default: the first.
     #[arg(long)]
     from: Option<NaiveDate>,
-    /// Last day of creation counted (UTC, YYYY-MM-DD, inclusive); default: the last.
+    /// Last day counted (UTC, YYYY-MM-DD, inclusive); default: the last.
     #[arg(long)]
     to: Option<NaiveDate>,
     /// Print JSON instead of a table.
@@ -77,6 +81,33 @@ pub(crate) async fn analytics(config: Config, command: AnalyticsCommand) -> Resu
                     step.reached,
                     pct(step.to_next),
                     pct(step.to_won)
+                );
+            }
+            Ok(())
+        }
+        AnalyticsCommand::TimeInStage(period) => {
+            let (from, until) = period.range()?;
+            let rows = store.transitions(None).await?;
+            let report = time_in_stage::time_in_stage(&rows, from, until);
+            if period.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let days = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.1}"));
+            println!(
+                "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+                "stage", "entered", "left", "still in", "mean d", "median d", "p90 d"
+            );
+            for s in &report {
+                println!(
+                    "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+                    s.stage.as_str(),
+                    s.entered,
+                    s.left,
+                    s.still_in,
+                    days(s.mean_days),
+                    days(s.median_days),
+                    days(s.p90_days)
                 );
             }
             Ok(())

@@ -8,20 +8,7 @@ use crate::analytics::funnel::{FurthestCount, STEPS};
 use crate::core::state::LeadState;
 use crate::events::Stage;
 
-/// One row of `lead_transitions`.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct TransitionRow {
-    pub lead_ext_id: String,
-    /// 0: the lead's creation; n: its n-th stage change.
-    pub seq: i32,
-    pub from_stage: Option<String>,
-    pub to_stage: String,
-    pub at: i64,
-    pub owner: Option<String>,
-    pub source: Option<String>,
-    pub value: Option<f64>,
-    pub event_id: Option<String>,
-}
+pub use crate::analytics::TransitionRow;
 
 /// The rows of `state` the store does not hold yet: its creation unless
 /// `creation_stored`, and its stage changes after the first
