@@ -100,6 +100,104 @@ fn expected_stays(events: &[InputEvent]) -> BTreeMap<Stage, Vec<Observation>> {
     stays
 }
 
+/// Per owner (its latest event's) and per source (its Created event's), of
+/// every created lead: (leads, won, lost, won value); and per UTC day:
+/// (created, won). From the input alone.
+type Tally = BTreeMap<String, (u64, u64, u64, f64)>;
+
+fn expected_groups(events: &[InputEvent]) -> (Tally, Tally, BTreeMap<i64, (u64, u64)>) {
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut source: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut close: BTreeMap<&str, (Stage, f64, i64)> = BTreeMap::new();
+    let mut created_at: BTreeMap<&str, i64> = BTreeMap::new();
+    for event in events {
+        match event {
+            InputEvent::Lead(e) => {
+                if let Some(o) = &e.owner {
+                    owner.insert(&e.lead_ext_id, o);
+                }
+                if e.kind == LeadEventKind::Created {
+                    let at = created_at.entry(&e.lead_ext_id).or_insert(e.occurred_at);
+                    *at = (*at).min(e.occurred_at);
+                    if let Some(s) = &e.source {
+                        source.entry(&e.lead_ext_id).or_insert(s);
+                    }
+                }
+            }
+            InputEvent::StageChange(e) => {
+                if let Some(o) = &e.owner {
+                    owner.insert(&e.lead_ext_id, o);
+                }
+                if e.to_stage.is_closed() {
+                    close.entry(&e.lead_ext_id).or_insert((
+                        e.to_stage,
+                        e.deal_value.unwrap_or(0.0),
+                        e.occurred_at,
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut by_owner, mut by_source, mut daily) = (Tally::new(), Tally::new(), BTreeMap::new());
+    for (lead, at) in &created_at {
+        daily.entry(at.div_euclid(DAY)).or_insert((0, 0)).0 += 1;
+        let outcome = close.get(lead);
+        for (tally, key) in [
+            (&mut by_owner, owner.get(lead).copied()),
+            (&mut by_source, source.get(lead).copied()),
+        ] {
+            let t = tally
+                .entry(key.unwrap_or("(none)").to_string())
+                .or_insert((0, 0, 0, 0.0));
+            t.0 += 1;
+            match outcome {
+                Some((Stage::ClosedWon, value, _)) => {
+                    t.1 += 1;
+                    t.3 += value;
+                }
+                Some(_) => t.2 += 1,
+                None => {}
+            }
+        }
+    }
+    for (stage, _, at) in close.values() {
+        if *stage == Stage::ClosedWon {
+            daily.entry(at.div_euclid(DAY)).or_insert((0, 0)).1 += 1;
+        }
+    }
+    (by_owner, by_source, daily)
+}
+
+fn tally_of(report: &serde_json::Value) -> Tally {
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let n = |f: &str| g[f].as_u64().unwrap();
+            let value = g["won_value"].as_f64().unwrap();
+            (
+                g["value"].as_str().unwrap().to_string(),
+                (n("leads"), n("won"), n("lost"), value),
+            )
+        })
+        .collect()
+}
+
+fn assert_same_tally(seen: &Tally, expected: &Tally, what: &str) {
+    let keys = |t: &Tally| t.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(seen), keys(expected), "{what}");
+    for (key, (leads, won, lost, value)) in expected {
+        let got = &seen[key];
+        assert_eq!((got.0, got.1, got.2), (*leads, *won, *lost), "{what} {key}");
+        assert!(
+            (got.3 - value).abs() <= 1e-6 * value.max(1.0),
+            "{what} {key} won value"
+        );
+    }
+}
+
 fn cli_json(url: &str, args: &[&str]) -> serde_json::Value {
     let run = common::run_cli(url, args);
     let (out, err) = common::output_text(&run);
@@ -185,6 +283,38 @@ async fn analytics_of_a_replayed_stream_are_the_inputs<S: LeadStore>(store: Arc<
     }
     let new = &report[0];
     assert!(new["left"].as_u64().unwrap() > 1000 && new["still_in"].as_u64().unwrap() > 10);
+    // Per owner and per source, and per day.
+    let (by_owner, by_source, daily) = expected_groups(&events);
+    let owners = cli_json(url, &["analytics", "breakdown", "--by", "owner", "--json"]);
+    assert_same_tally(&tally_of(&owners), &by_owner, "per owner");
+    assert!(
+        by_owner.len() > 3 && by_owner.values().all(|t| t.1 > 0),
+        "{by_owner:?}"
+    );
+    let sources = cli_json(url, &["analytics", "breakdown", "--by", "source", "--json"]);
+    assert_same_tally(&tally_of(&sources), &by_source, "per source");
+    let days = cli_json(url, &["analytics", "daily", "--json"]);
+    let seen: BTreeMap<i64, (u64, u64)> = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let date =
+                chrono::NaiveDate::parse_from_str(d["date"].as_str().unwrap(), "%Y-%m-%d").unwrap();
+            let day = date
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_millis()
+                / DAY;
+            (
+                day,
+                (d["created"].as_u64().unwrap(), d["won"].as_u64().unwrap()),
+            )
+        })
+        .filter(|(_, (created, won))| created + won > 0)
+        .collect();
+    assert_eq!(seen, daily, "per day: created, won");
     // A period that ends before it starts says so.
     let run = common::run_cli(
         url,

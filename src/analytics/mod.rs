@@ -1,8 +1,9 @@
 //! Analytics over the stage transitions the commit path writes
 //! (`lead_transitions`): pure functions over the rows and aggregates the
-//! store reads. The funnel and time in stage are here; per owner and source
-//! and the daily trends of issue 17 join them.
+//! store reads: the funnel, time in stage, per owner and source, daily
+//! trends.
 
+pub mod breakdown;
 pub mod funnel;
 pub mod time_in_stage;
 

@@ -4,6 +4,7 @@ use anyhow::Result;
 use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
+use leadflow::analytics::breakdown::{self, Dimension};
 use leadflow::analytics::{funnel, time_in_stage};
 use leadflow::config::Config;
 use leadflow::store::prelude::*;
@@ -18,6 +19,17 @@ pub(crate) enum AnalyticsCommand {
     /// Per open stage, of the entries into it in the period: how long leads
     /// stay (mean, median, p90 days, leads still in it counted as censored).
     TimeInStage(PeriodArgs),
+    /// Per owner or source, of the leads created in the period: leads,
+    /// contacted, won, lost, win rate, won value, median days to close.
+    Breakdown {
+        /// owner or source.
+        #[arg(long)]
+        by: Dimension,
+        #[command(flatten)]
+        period: PeriodArgs,
+    },
+    /// Per day: leads created, entered contacted, won, lost, value won.
+    Daily(PeriodArgs),
 }
 
 #[derive(Args)]
@@ -108,6 +120,62 @@ pub(crate) async fn analytics(config: Config, command: AnalyticsCommand) -> Resu
                     days(s.mean_days),
                     days(s.median_days),
                     days(s.p90_days)
+                );
+            }
+            Ok(())
+        }
+        AnalyticsCommand::Breakdown { by, period } => {
+            let (from, until) = period.range()?;
+            let rows = store.transitions(None).await?;
+            let report = breakdown::breakdown(&rows, by, from, until);
+            if period.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let pct = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
+            let days = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.1}"));
+            println!(
+                "  {:<20} {:>7} {:>9} {:>6} {:>6} {:>8} {:>14} {:>9}",
+                by.as_str(),
+                "leads",
+                "contacted",
+                "won",
+                "lost",
+                "win rate",
+                "won value",
+                "median d"
+            );
+            for g in &report {
+                println!(
+                    "  {:<20} {:>7} {:>9} {:>6} {:>6} {:>8} {:>14.2} {:>9}",
+                    g.value,
+                    g.leads,
+                    g.contacted,
+                    g.won,
+                    g.lost,
+                    pct(g.win_rate),
+                    g.won_value,
+                    days(g.median_days_to_close)
+                );
+            }
+            Ok(())
+        }
+        AnalyticsCommand::Daily(period) => {
+            let (from, until) = period.range()?;
+            let rows = store.transitions(None).await?;
+            let report = breakdown::daily(&rows, from, until);
+            if period.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            println!(
+                "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14}",
+                "date", "created", "contacted", "won", "lost", "won value"
+            );
+            for d in &report {
+                println!(
+                    "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14.2}",
+                    d.date, d.created, d.contacted, d.won, d.lost, d.won_value
                 );
             }
             Ok(())
