@@ -315,6 +315,28 @@ async fn analytics_of_a_replayed_stream_are_the_inputs<S: LeadStore>(store: Arc<
         .filter(|(_, (created, won))| created + won > 0)
         .collect();
     assert_eq!(seen, daily, "per day: created, won");
+    // Pipeline by stage: the open leads' current stages, as the states say.
+    let pipeline = cli_json(url, &["analytics", "pipeline", "--json"]);
+    let mut open: BTreeMap<String, u64> = BTreeMap::new();
+    for state in common::all_states(store.as_ref()).await.values() {
+        if state.created_at.is_some() && !state.stage.is_closed() {
+            *open.entry(state.stage.as_str().to_string()).or_default() += 1;
+        }
+    }
+    let seen: BTreeMap<String, u64> = pipeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["leads"].as_u64().unwrap() > 0)
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["leads"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, open, "open leads per stage");
+    assert!(open.values().sum::<u64>() > 50, "{open:?}");
     // A period that ends before it starts says so.
     let run = common::run_cli(
         url,

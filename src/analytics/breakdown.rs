@@ -138,6 +138,44 @@ pub fn breakdown(
         .collect()
 }
 
+/// Open leads in one stage as of the data's latest transition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageValue {
+    pub stage: Stage,
+    pub leads: usize,
+    /// Σ of their values (the stage change's deal value, else the lead's
+    /// estimate when it was written); a lead without one adds nothing.
+    pub value: f64,
+}
+
+/// Pipeline value by stage: every lead not closed, in its current stage (its
+/// latest transition's), with the leads and their summed value per open
+/// stage, in funnel order.
+pub fn pipeline_by_stage(rows: &[TransitionRow]) -> Vec<StageValue> {
+    let mut by_stage: Vec<StageValue> = Stage::ALL
+        .iter()
+        .filter(|s| !s.is_closed())
+        .map(|&stage| StageValue {
+            stage,
+            leads: 0,
+            value: 0.0,
+        })
+        .collect();
+    for lead in leads(rows) {
+        let Some(latest) = lead.rows.last() else {
+            continue;
+        };
+        if let Some(open) = by_stage
+            .iter_mut()
+            .find(|s| s.stage.as_str() == latest.to_stage)
+        {
+            open.leads += 1;
+            open.value += latest.value.unwrap_or(0.0);
+        }
+    }
+    by_stage
+}
+
 /// One UTC day of the daily trends.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Day {
@@ -235,5 +273,10 @@ mod tests {
             ]
         );
         assert_eq!(days[2].won_value, 500.0);
+        // Only C is open, still new, worth its estimate.
+        let pipeline = pipeline_by_stage(&rows);
+        assert_eq!(pipeline[0].stage, Stage::New);
+        assert_eq!((pipeline[0].leads, pipeline[0].value), (1, 30.0));
+        assert!(pipeline[1..].iter().all(|s| s.leads == 0));
     }
 }

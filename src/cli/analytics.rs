@@ -30,6 +30,12 @@ pub(crate) enum AnalyticsCommand {
     },
     /// Per day: leads created, entered contacted, won, lost, value won.
     Daily(PeriodArgs),
+    /// Open leads and their value per current stage.
+    Pipeline {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -176,6 +182,24 @@ pub(crate) async fn analytics(config: Config, command: AnalyticsCommand) -> Resu
                 println!(
                     "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14.2}",
                     d.date, d.created, d.contacted, d.won, d.lost, d.won_value
+                );
+            }
+            Ok(())
+        }
+        AnalyticsCommand::Pipeline { json } => {
+            let rows = store.transitions(None).await?;
+            let report = breakdown::pipeline_by_stage(&rows);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            println!("  {:<12} {:>8} {:>16}", "stage", "leads", "value");
+            for s in &report {
+                println!(
+                    "  {:<12} {:>8} {:>16.2}",
+                    s.stage.as_str(),
+                    s.leads,
+                    s.value
                 );
             }
             Ok(())
