@@ -608,7 +608,8 @@ async fn stage_transitions_are_rows_written_with_their_batch<S: LeadStore>(
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
     let rows = store.transitions(None).await.unwrap();
-    let seen: Vec<(i32, Option<&str>, &str, i64, Option<&str>)> = rows
+    type Seen<'a> = (i32, Option<&'a str>, &'a str, i64, Option<&'a str>);
+    let seen: Vec<Seen> = rows
         .iter()
         .map(|r| {
             (

@@ -462,9 +462,9 @@ mod tests {
             // Gradient in the model's own (standardised, one-hot) coordinates.
             let width = 2 + 4;
             let mut g = vec![0.0; width + 1];
-            for r in 0..table.rows() {
+            for (r, label) in y.iter().enumerate() {
                 let row = table.row(r);
-                let residual = model.probability(&row) - y[r];
+                let residual = model.probability(&row) - label;
                 for (j, term) in model.terms.iter().enumerate().take(2) {
                     if let Term::Numeric { mean, scale, .. } = term {
                         if !row[j].is_nan() {
