@@ -224,15 +224,10 @@ mod tests {
 
     fn row(lead: &str, seq: i32, to: Stage, day: i64, owner: &str, value: f64) -> TransitionRow {
         TransitionRow {
-            lead_ext_id: lead.into(),
-            seq,
-            from_stage: None,
-            to_stage: to.as_str().into(),
-            at: day * MILLIS_PER_DAY,
             owner: Some(owner.into()),
             source: Some(format!("src-{lead}")),
             value: Some(value),
-            event_id: None,
+            ..crate::analytics::test_row(lead, seq, to, day)
         }
     }
 

@@ -21,3 +21,19 @@ pub struct TransitionRow {
     pub value: Option<f64>,
     pub event_id: Option<String>,
 }
+
+/// A row for the unit tests: lead, sequence, stage entered, day.
+#[cfg(test)]
+pub(crate) fn test_row(lead: &str, seq: i32, to: crate::events::Stage, day: i64) -> TransitionRow {
+    TransitionRow {
+        lead_ext_id: lead.into(),
+        seq,
+        from_stage: None,
+        to_stage: to.as_str().into(),
+        at: day * crate::events::MILLIS_PER_DAY,
+        owner: None,
+        source: None,
+        value: None,
+        event_id: None,
+    }
+}

@@ -77,20 +77,7 @@ pub fn time_in_stage(rows: &[TransitionRow], from: i64, until: i64) -> Vec<Stage
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(lead: &str, seq: i32, to: Stage, day: i64) -> TransitionRow {
-        TransitionRow {
-            lead_ext_id: lead.into(),
-            seq,
-            from_stage: None,
-            to_stage: to.as_str().into(),
-            at: day * MILLIS_PER_DAY,
-            owner: None,
-            source: None,
-            value: None,
-            event_id: None,
-        }
-    }
+    use crate::analytics::test_row as row;
 
     #[test]
     fn a_lead_still_in_a_stage_is_censored_not_dropped() {

@@ -76,133 +76,131 @@ impl PeriodArgs {
     }
 }
 
+/// Prints `report` as JSON, or as the table `table` writes.
+fn emit<R: serde::Serialize>(json: bool, report: &R, table: impl FnOnce(&R)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        table(report);
+    }
+    Ok(())
+}
+
+fn pct(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r))
+}
+
+fn days(d: Option<f64>) -> String {
+    d.map_or("-".into(), |d| format!("{d:.1}"))
+}
+
 pub(crate) async fn analytics(config: Config, command: AnalyticsCommand) -> Result<()> {
     let store = open_store(&config).await?;
     match command {
         AnalyticsCommand::Funnel(period) => {
             let (from, until) = period.range()?;
             let report = funnel::funnel(&store.furthest_stages(from, until).await?);
-            if period.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
-            }
-            let pct = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
-            println!("{} leads created, {} lost", report.created, report.lost);
-            println!(
-                "  {:<12} {:>9} {:>9} {:>9}",
-                "stage", "reached", "to next", "to won"
-            );
-            for step in &report.steps {
+            emit(period.json, &report, |report| {
+                println!("{} leads created, {} lost", report.created, report.lost);
                 println!(
                     "  {:<12} {:>9} {:>9} {:>9}",
-                    step.stage.as_str(),
-                    step.reached,
-                    pct(step.to_next),
-                    pct(step.to_won)
+                    "stage", "reached", "to next", "to won"
                 );
-            }
-            Ok(())
+                for step in &report.steps {
+                    println!(
+                        "  {:<12} {:>9} {:>9} {:>9}",
+                        step.stage.as_str(),
+                        step.reached,
+                        pct(step.to_next),
+                        pct(step.to_won)
+                    );
+                }
+            })
         }
         AnalyticsCommand::TimeInStage(period) => {
             let (from, until) = period.range()?;
             let rows = store.transitions(None).await?;
             let report = time_in_stage::time_in_stage(&rows, from, until);
-            if period.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
-            }
-            let days = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.1}"));
-            println!(
-                "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
-                "stage", "entered", "left", "still in", "mean d", "median d", "p90 d"
-            );
-            for s in &report {
+            emit(period.json, &report, |report| {
                 println!(
                     "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
-                    s.stage.as_str(),
-                    s.entered,
-                    s.left,
-                    s.still_in,
-                    days(s.mean_days),
-                    days(s.median_days),
-                    days(s.p90_days)
+                    "stage", "entered", "left", "still in", "mean d", "median d", "p90 d"
                 );
-            }
-            Ok(())
+                for s in report {
+                    println!(
+                        "  {:<12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+                        s.stage.as_str(),
+                        s.entered,
+                        s.left,
+                        s.still_in,
+                        days(s.mean_days),
+                        days(s.median_days),
+                        days(s.p90_days)
+                    );
+                }
+            })
         }
         AnalyticsCommand::Breakdown { by, period } => {
             let (from, until) = period.range()?;
             let rows = store.transitions(None).await?;
             let report = breakdown::breakdown(&rows, by, from, until);
-            if period.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
-            }
-            let pct = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
-            let days = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.1}"));
-            println!(
-                "  {:<20} {:>7} {:>9} {:>6} {:>6} {:>8} {:>14} {:>9}",
-                by.as_str(),
-                "leads",
-                "contacted",
-                "won",
-                "lost",
-                "win rate",
-                "won value",
-                "median d"
-            );
-            for g in &report {
+            emit(period.json, &report, |report| {
                 println!(
-                    "  {:<20} {:>7} {:>9} {:>6} {:>6} {:>8} {:>14.2} {:>9}",
-                    g.value,
-                    g.leads,
-                    g.contacted,
-                    g.won,
-                    g.lost,
-                    pct(g.win_rate),
-                    g.won_value,
-                    days(g.median_days_to_close)
+                    "  {:<20} {:>7} {:>9} {:>6} {:>6} {:>8} {:>14} {:>9}",
+                    by.as_str(),
+                    "leads",
+                    "contacted",
+                    "won",
+                    "lost",
+                    "win rate",
+                    "won value",
+                    "median d"
                 );
-            }
-            Ok(())
+                for g in report {
+                    println!(
+                        "  {:<20} {:>7} {:>9} {:>6} {:>6} {:>8} {:>14.2} {:>9}",
+                        g.value,
+                        g.leads,
+                        g.contacted,
+                        g.won,
+                        g.lost,
+                        pct(g.win_rate),
+                        g.won_value,
+                        days(g.median_days_to_close)
+                    );
+                }
+            })
         }
         AnalyticsCommand::Daily(period) => {
             let (from, until) = period.range()?;
             let rows = store.transitions(None).await?;
             let report = breakdown::daily(&rows, from, until);
-            if period.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
-            }
-            println!(
-                "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14}",
-                "date", "created", "contacted", "won", "lost", "won value"
-            );
-            for d in &report {
+            emit(period.json, &report, |report| {
                 println!(
-                    "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14.2}",
-                    d.date, d.created, d.contacted, d.won, d.lost, d.won_value
+                    "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14}",
+                    "date", "created", "contacted", "won", "lost", "won value"
                 );
-            }
-            Ok(())
+                for d in report {
+                    println!(
+                        "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14.2}",
+                        d.date, d.created, d.contacted, d.won, d.lost, d.won_value
+                    );
+                }
+            })
         }
         AnalyticsCommand::Pipeline { json } => {
-            let rows = store.transitions(None).await?;
-            let report = breakdown::pipeline_by_stage(&rows);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
-            }
-            println!("  {:<12} {:>8} {:>16}", "stage", "leads", "value");
-            for s in &report {
-                println!(
-                    "  {:<12} {:>8} {:>16.2}",
-                    s.stage.as_str(),
-                    s.leads,
-                    s.value
-                );
-            }
-            Ok(())
+            let report = breakdown::pipeline_by_stage(&store.transitions(None).await?);
+            emit(json, &report, |report| {
+                println!("  {:<12} {:>8} {:>16}", "stage", "leads", "value");
+                for s in report {
+                    println!(
+                        "  {:<12} {:>8} {:>16.2}",
+                        s.stage.as_str(),
+                        s.leads,
+                        s.value
+                    );
+                }
+            })
         }
     }
 }

@@ -434,25 +434,31 @@ mod choice_tests {
         (table, y)
     }
 
+    /// The boosting search over five stratified folds, from the defaults.
+    fn search(table: &Table, y: &[f64]) -> Chosen<BoostingParams> {
+        let folds = Folds::new(y, 5, false, 7);
+        let logistic = LogisticParams::default();
+        choose_boosting(
+            table,
+            y,
+            &folds,
+            &BoostingParams::default(),
+            &logistic,
+            &|| {},
+        )
+    }
+
     #[test]
     fn noisy_additive_data_choose_shallow_trees_and_an_interaction_keeps_depth() {
         let base = BoostingParams::default();
         let (table, y) = data(1500, 20, false, 3);
-        let folds = Folds::new(&y, 5, false, 7);
-        let additive = choose_boosting(
-            &table,
-            &y,
-            &folds,
-            &base,
-            &LogisticParams::default(),
-            &|| {},
-        );
+        let additive = search(&table, &y);
         assert!(
             additive.params.max_depth < base.max_depth,
             "additive data chose depth {}",
             additive.params.max_depth
         );
-        // The tree candidates and the winner's trees from a linear start.
+        // The tree candidates and stumps from a linear start.
         assert_eq!(additive.tried.len(), boosting_candidates(&base).len() + 1);
         assert!(additive.params.max_trees <= base.max_trees);
         // The held-out predictions are honest: one per row, in (0, 1).
@@ -460,15 +466,7 @@ mod choice_tests {
         assert!(additive.held_out.iter().all(|p| *p > 0.0 && *p < 1.0));
 
         let (table, y) = data(1500, 2, true, 4);
-        let folds = Folds::new(&y, 5, false, 7);
-        let interaction = choose_boosting(
-            &table,
-            &y,
-            &folds,
-            &base,
-            &LogisticParams::default(),
-            &|| {},
-        );
+        let interaction = search(&table, &y);
         // Stumps cannot express x0 * x1.
         assert!(
             interaction.params.max_depth >= 2,
@@ -479,17 +477,8 @@ mod choice_tests {
 
     #[test]
     fn log_odds_linear_in_few_columns_choose_the_linear_start() {
-        let base = BoostingParams::default();
         let (table, y) = data(1500, 2, false, 3);
-        let folds = Folds::new(&y, 5, false, 7);
-        let chosen = choose_boosting(
-            &table,
-            &y,
-            &folds,
-            &base,
-            &LogisticParams::default(),
-            &|| {},
-        );
+        let chosen = search(&table, &y);
         let alpha = chosen.params.linear_start_alpha;
         assert!(
             alpha.is_some(),
