@@ -411,7 +411,16 @@ impl<S: LeadStore + 'static> Shared<S> {
             self.metrics.emit(DeliveryDuplicate {
                 message_id: &message.message_id,
             });
-            if !record.reported {
+            // A copy handled in this process reports its own outcome (it is
+            // publishing it now, or about to): reporting here too would
+            // publish the event twice. One another or an earlier process
+            // recorded and did not report (it died between the two) is
+            // reported here.
+            let ours = record
+                .owner
+                .strip_prefix(self.owner.as_str())
+                .is_some_and(|claim| claim.starts_with(':'));
+            if !record.reported && !ours {
                 self.report(&message, &record).await?;
             }
             return Ok(Handled::Duplicate);
