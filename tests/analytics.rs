@@ -208,10 +208,7 @@ fn cli_json(url: &str, args: &[&str]) -> serde_json::Value {
 fn funnel_json(url: &str, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["analytics", "funnel", "--json"];
     all.extend_from_slice(args);
-    let run = common::run_cli(url, &all);
-    let (out, err) = common::output_text(&run);
-    assert!(run.status.success(), "{all:?}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    cli_json(url, &all)
 }
 
 fn reached_and_lost(report: &serde_json::Value) -> (Vec<i64>, i64) {

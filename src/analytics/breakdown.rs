@@ -88,7 +88,7 @@ pub fn breakdown(
     from: i64,
     until: i64,
 ) -> Vec<Group> {
-    let now = rows.iter().map(|r| r.at).max().unwrap_or(0);
+    let now = super::latest_at(rows);
     let mut groups: BTreeMap<String, (Group, Vec<Observation>)> = BTreeMap::new();
     for lead in leads(rows) {
         let Some(created) = lead.created_at().filter(|at| *at >= from && *at < until) else {

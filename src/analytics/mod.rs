@@ -22,6 +22,13 @@ pub struct TransitionRow {
     pub event_id: Option<String>,
 }
 
+/// The data's clock: the latest transition time, where open stays and
+/// open leads are censored (so a replay on event time reports what the live
+/// run did).
+pub fn latest_at(rows: &[TransitionRow]) -> i64 {
+    rows.iter().map(|r| r.at).max().unwrap_or(0)
+}
+
 /// A row for the unit tests: lead, sequence, stage entered, day.
 #[cfg(test)]
 pub(crate) fn test_row(lead: &str, seq: i32, to: crate::events::Stage, day: i64) -> TransitionRow {

@@ -29,7 +29,7 @@ pub struct StageTime {
 /// Per open stage, over the entries in `[from, until)`. `rows` are every
 /// transition, by lead and sequence, as the store lists them.
 pub fn time_in_stage(rows: &[TransitionRow], from: i64, until: i64) -> Vec<StageTime> {
-    let now = rows.iter().map(|r| r.at).max().unwrap_or(0);
+    let now = super::latest_at(rows);
     let open_stages: Vec<Stage> = Stage::ALL
         .iter()
         .copied()
