@@ -56,18 +56,21 @@ run: build broker topics
 	@echo
 	$(BIN) run $(RUN_ARGS)
 
-# Python side of the Avro interoperability test (tests/interop.rs): fastavro
-# in a venv of its own, created once and reused.
+# Python side of the tests, in a venv of its own, created once and reused:
+# fastavro for the Avro interoperability test (tests/interop.rs),
+# schemathesis for the REST API fuzz run (tests/api.rs).
 TEST_VENV ?= $(HOME)/.cache/leadflow/test-venv
 LEADFLOW_TEST_PYTHON ?= $(TEST_VENV)/bin/python
 export LEADFLOW_TEST_PYTHON
+LEADFLOW_TEST_SCHEMATHESIS ?= $(TEST_VENV)/bin/st
+export LEADFLOW_TEST_SCHEMATHESIS
 
-$(TEST_VENV)/.installed:
+$(TEST_VENV)/.installed-v2:
 	python3 -m venv $(TEST_VENV)
-	$(TEST_VENV)/bin/pip install --quiet fastavro==1.13.1
+	$(TEST_VENV)/bin/pip install --quiet fastavro==1.13.1 schemathesis==4.32.5
 	touch $@
 
-test-venv: $(TEST_VENV)/.installed
+test-venv: $(TEST_VENV)/.installed-v2
 
 test: broker postgres test-venv
 	@# The benchmark's smoke run first (cargo test passes no --bench), so

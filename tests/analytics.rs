@@ -1,173 +1,18 @@
 //! Analytics from the stage transitions the commit path writes, on both
-//! stores: the funnel and the time in stage of a replayed stream equal the
-//! ones worked out here from the input events alone, through `leadflow
-//! analytics`.
+//! stores: the funnel, the time in stage, the breakdowns and the stored
+//! daily history of a replayed stream equal the ones worked out here from
+//! the input events alone, through `leadflow analytics`.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use leadflow::analytics::funnel::{step_of, STEPS};
-use leadflow::events::{InputEvent, LeadEventKind, Stage};
-use leadflow::forecast::time_to_close::{CloseCurve, Observation, Outcome};
+use common::expected::{expected_funnel, expected_groups, expected_stays, open_at, Tally, DAY};
+use leadflow::events::Stage;
+use leadflow::forecast::time_to_close::{CloseCurve, Outcome};
 use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
-
-const DAY: i64 = 86_400_000;
-
-/// Per lead created in `[from, until)` (by its earliest Created event): the
-/// furthest funnel step of its distinct stage changes, and whether it was
-/// lost. Then reached per step, and the lost count.
-fn expected_funnel(events: &[InputEvent], from: i64, until: i64) -> (Vec<i64>, i64) {
-    let mut created: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut changes: BTreeMap<&str, BTreeSet<(&str, Stage)>> = BTreeMap::new();
-    for event in events {
-        match event {
-            InputEvent::Lead(e) if e.kind == LeadEventKind::Created => {
-                let at = created.entry(&e.lead_ext_id).or_insert(e.occurred_at);
-                *at = (*at).min(e.occurred_at);
-            }
-            InputEvent::StageChange(e) => {
-                changes
-                    .entry(&e.lead_ext_id)
-                    .or_default()
-                    .insert((&e.event_id, e.to_stage));
-            }
-            _ => {}
-        }
-    }
-    let mut reached = vec![0i64; STEPS.len()];
-    let mut lost = 0;
-    for (lead, at) in created {
-        if at < from || at >= until {
-            continue;
-        }
-        let seen = changes.get(lead).cloned().unwrap_or_default();
-        let furthest = seen
-            .iter()
-            .filter_map(|(_, to)| step_of(*to))
-            .max()
-            .unwrap_or(0);
-        for r in reached.iter_mut().take(furthest + 1) {
-            *r += 1;
-        }
-        lost += seen.iter().any(|(_, to)| *to == Stage::ClosedLost) as i64;
-    }
-    (reached, lost)
-}
-
-/// Time in each open stage worked out from the input: per lead its
-/// creation (stage new) and its distinct stage changes in input order, each
-/// stay ending at the next one or censored at the latest of them all; then
-/// the Kaplan–Meier figures of those stays. (lead, stage) -> stays.
-fn expected_stays(events: &[InputEvent]) -> BTreeMap<Stage, Vec<Observation>> {
-    let mut path: BTreeMap<&str, Vec<(Stage, i64)>> = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for event in events {
-        match event {
-            InputEvent::Lead(e) if e.kind == LeadEventKind::Created => {
-                let p = path.entry(&e.lead_ext_id).or_default();
-                if p.is_empty() {
-                    p.push((Stage::New, e.occurred_at));
-                }
-            }
-            InputEvent::StageChange(e) if seen.insert(e.event_id.as_str()) => {
-                path.entry(&e.lead_ext_id)
-                    .or_default()
-                    .push((e.to_stage, e.occurred_at));
-            }
-            _ => {}
-        }
-    }
-    let now = path.values().flatten().map(|(_, at)| *at).max().unwrap();
-    let mut stays: BTreeMap<Stage, Vec<Observation>> = BTreeMap::new();
-    for steps in path.values() {
-        for (i, (stage, at)) in steps.iter().enumerate() {
-            if stage.is_closed() {
-                continue;
-            }
-            let (end, outcome) = match steps.get(i + 1) {
-                Some((_, next)) => (*next, Outcome::Won),
-                None => (now, Outcome::Open),
-            };
-            stays.entry(*stage).or_default().push(Observation {
-                days: (end - at) as f64 / DAY as f64,
-                outcome,
-            });
-        }
-    }
-    stays
-}
-
-/// Per owner (its latest event's) and per source (its Created event's), of
-/// every created lead: (leads, won, lost, won value); and per UTC day:
-/// (created, won). From the input alone.
-type Tally = BTreeMap<String, (u64, u64, u64, f64)>;
-
-fn expected_groups(events: &[InputEvent]) -> (Tally, Tally, BTreeMap<i64, (u64, u64)>) {
-    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut source: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut close: BTreeMap<&str, (Stage, f64, i64)> = BTreeMap::new();
-    let mut created_at: BTreeMap<&str, i64> = BTreeMap::new();
-    for event in events {
-        match event {
-            InputEvent::Lead(e) => {
-                if let Some(o) = &e.owner {
-                    owner.insert(&e.lead_ext_id, o);
-                }
-                if e.kind == LeadEventKind::Created {
-                    let at = created_at.entry(&e.lead_ext_id).or_insert(e.occurred_at);
-                    *at = (*at).min(e.occurred_at);
-                    if let Some(s) = &e.source {
-                        source.entry(&e.lead_ext_id).or_insert(s);
-                    }
-                }
-            }
-            InputEvent::StageChange(e) => {
-                if let Some(o) = &e.owner {
-                    owner.insert(&e.lead_ext_id, o);
-                }
-                if e.to_stage.is_closed() {
-                    close.entry(&e.lead_ext_id).or_insert((
-                        e.to_stage,
-                        e.deal_value.unwrap_or(0.0),
-                        e.occurred_at,
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    let (mut by_owner, mut by_source, mut daily) = (Tally::new(), Tally::new(), BTreeMap::new());
-    for (lead, at) in &created_at {
-        daily.entry(at.div_euclid(DAY)).or_insert((0, 0)).0 += 1;
-        let outcome = close.get(lead);
-        for (tally, key) in [
-            (&mut by_owner, owner.get(lead).copied()),
-            (&mut by_source, source.get(lead).copied()),
-        ] {
-            let t = tally
-                .entry(key.unwrap_or("(none)").to_string())
-                .or_insert((0, 0, 0, 0.0));
-            t.0 += 1;
-            match outcome {
-                Some((Stage::ClosedWon, value, _)) => {
-                    t.1 += 1;
-                    t.3 += value;
-                }
-                Some(_) => t.2 += 1,
-                None => {}
-            }
-        }
-    }
-    for (stage, _, at) in close.values() {
-        if *stage == Stage::ClosedWon {
-            daily.entry(at.div_euclid(DAY)).or_insert((0, 0)).1 += 1;
-        }
-    }
-    (by_owner, by_source, daily)
-}
 
 fn tally_of(report: &serde_json::Value) -> Tally {
     report
@@ -334,6 +179,74 @@ async fn analytics_of_a_replayed_stream_are_the_inputs<S: LeadStore>(store: Arc<
         .collect();
     assert_eq!(seen, open, "open leads per stage");
     assert!(open.values().sum::<u64>() > 50, "{open:?}");
+    // The daily history the replay stored, as the live processor would:
+    // every day from the first creation to the last one its clock passed.
+    let history = cli_json(url, &["analytics", "history", "--by", "all", "--json"]);
+    let stored: BTreeMap<i64, (u64, u64)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["metric"] == "created" || r["metric"] == "won")
+        .fold(BTreeMap::new(), |mut days, r| {
+            let entry = days.entry(r["day"].as_i64().unwrap()).or_insert((0, 0));
+            let n = r["value"].as_f64().unwrap() as u64;
+            if r["metric"] == "created" {
+                entry.0 = n;
+            } else {
+                entry.1 = n;
+            }
+            days
+        });
+    let first = *daily.keys().next().unwrap();
+    let last = *stored.keys().last().unwrap();
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (first..=last).collect::<Vec<_>>()
+    );
+    assert!(last >= daily.keys().last().unwrap() - 2, "{last}");
+    for (day, counts) in &stored {
+        assert_eq!(
+            counts,
+            daily.get(day).unwrap_or(&(0, 0)),
+            "stored day {day}: created, won"
+        );
+    }
+    // The open pipeline at the end of the last stored day, from the input.
+    let end = (last + 1) * DAY;
+    let open_then = open_at(&events, end);
+    let stages = cli_json(
+        url,
+        &["analytics", "history", "--metric", "open_leads", "--json"],
+    );
+    let seen: BTreeMap<String, u64> = stages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["day"].as_i64() == Some(last) && r["value"].as_f64().unwrap() > 0.0)
+        .map(|r| {
+            let n = r["value"].as_f64().unwrap() as u64;
+            (r["dimension_value"].as_str().unwrap().to_string(), n)
+        })
+        .collect();
+    assert_eq!(
+        seen, open_then,
+        "open leads per stage at the end of day {last}"
+    );
+    let owners = cli_json(url, &["analytics", "history", "--by", "owner", "--json"]);
+    let owner_won: f64 = owners
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["metric"] == "won")
+        .map(|r| r["value"].as_f64().unwrap())
+        .sum();
+    assert_eq!(owner_won as u64, stored.values().map(|c| c.1).sum::<u64>());
+    let run = common::run_cli(url, &["analytics", "history", "--by", "colour"]);
+    let (_, err) = common::output_text(&run);
+    assert!(
+        !run.status.success() && err.contains("--by colour"),
+        "{err}"
+    );
     // A period that ends before it starts says so.
     let run = common::run_cli(
         url,
@@ -348,7 +261,7 @@ async fn analytics_of_a_replayed_stream_are_the_inputs<S: LeadStore>(store: Arc<
     );
     let (_, err) = common::output_text(&run);
     assert!(
-        !run.status.success() && err.contains("--from is after --to"),
+        !run.status.success() && err.contains("from is after to"),
         "{err}"
     );
 }

@@ -466,6 +466,7 @@ async fn metrics_endpoint_reports_the_run() {
         "127.0.0.1:0",
         leadflow::api::HttpState {
             metrics: metrics.clone(),
+            api: None,
         },
     )
     .await

@@ -176,7 +176,7 @@ async fn commit_overwrites_and_fences_offsets<S: LeadStore>(store: Arc<S>, _url:
             leads: vec![LeadWrite::new(&stale, 0)],
             offsets: vec![advance(1, Some(7), 9), advance(0, Some(10), 30)],
             outbox: vec![outbox_row("o-stale", 0)],
-            forecasts: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

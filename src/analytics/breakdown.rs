@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::funnel::step_of;
+use super::history::{date_of, day_of};
 use super::TransitionRow;
 use crate::events::{Stage, MILLIS_PER_DAY};
 use crate::forecast::time_to_close::{CloseCurve, Observation, Outcome};
@@ -26,7 +27,7 @@ crate::events::string_enum!(
 
 pub const NONE: &str = "(none)";
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Group {
     pub value: String,
     pub leads: usize,
@@ -139,7 +140,7 @@ pub fn breakdown(
 }
 
 /// Open leads in one stage as of the data's latest transition.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StageValue {
     pub stage: Stage,
     pub leads: usize,
@@ -177,7 +178,7 @@ pub fn pipeline_by_stage(rows: &[TransitionRow]) -> Vec<StageValue> {
 }
 
 /// One UTC day of the daily trends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Day {
     /// YYYY-MM-DD.
     pub date: String,
@@ -193,11 +194,9 @@ pub struct Day {
 pub fn daily(rows: &[TransitionRow], from: i64, until: i64) -> Vec<Day> {
     let mut days: BTreeMap<i64, Day> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.at >= from && r.at < until) {
-        let day = row.at.div_euclid(MILLIS_PER_DAY);
+        let day = day_of(row.at);
         let entry = days.entry(day).or_insert_with(|| Day {
-            date: chrono::DateTime::from_timestamp_millis(day * MILLIS_PER_DAY)
-                .map(|d| d.date_naive().to_string())
-                .unwrap_or_default(),
+            date: date_of(day),
             created: 0,
             contacted: 0,
             won: 0,

@@ -36,7 +36,7 @@ pub struct FurthestCount {
     pub leads: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FunnelStep {
     pub stage: Stage,
     pub reached: i64,
@@ -47,7 +47,7 @@ pub struct FunnelStep {
     pub to_won: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Funnel {
     /// Leads created in the period.
     pub created: i64,

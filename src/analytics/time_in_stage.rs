@@ -13,7 +13,7 @@ use super::TransitionRow;
 use crate::events::{Stage, MILLIS_PER_DAY};
 use crate::forecast::time_to_close::{CloseCurve, Observation, Outcome};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StageTime {
     pub stage: Stage,
     /// Entries into the stage in the period.

@@ -5,7 +5,8 @@ use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
 use leadflow::analytics::breakdown::{self, Dimension};
-use leadflow::analytics::{funnel, time_in_stage};
+use leadflow::analytics::history::date_of;
+use leadflow::analytics::{self, funnel, time_in_stage};
 use leadflow::config::Config;
 use leadflow::store::prelude::*;
 
@@ -30,6 +31,19 @@ pub(crate) enum AnalyticsCommand {
     },
     /// Per day: leads created, entered contacted, won, lost, value won.
     Daily(PeriodArgs),
+    /// The daily history the processor stored in lead_analytics: per day,
+    /// metric and dimension (all, owner, source, stage).
+    History {
+        /// Only this metric (created, contacted, won, lost, won_value,
+        /// entered, open_leads, open_value).
+        #[arg(long, default_value = "")]
+        metric: String,
+        /// Only this dimension: all, owner, source or stage.
+        #[arg(long, default_value = "")]
+        by: String,
+        #[command(flatten)]
+        period: PeriodArgs,
+    },
     /// Open leads and their value per current stage.
     Pipeline {
         /// Print JSON instead of a table.
@@ -55,24 +69,7 @@ pub(crate) struct PeriodArgs {
 impl PeriodArgs {
     /// `[from, until)` in epoch milliseconds.
     fn range(&self) -> Result<(i64, i64)> {
-        let start = |d: NaiveDate| {
-            d.and_hms_opt(0, 0, 0)
-                .expect("midnight")
-                .and_utc()
-                .timestamp_millis()
-        };
-        let from = self.from.map_or(i64::MIN, start);
-        let until = match self.to {
-            Some(d) => start(
-                d.succ_opt()
-                    .ok_or_else(|| anyhow::anyhow!("--to {d} has no next day"))?,
-            ),
-            None => i64::MAX,
-        };
-        if from >= until {
-            anyhow::bail!("--from is after --to: the period is empty");
-        }
-        Ok((from, until))
+        analytics::period(self.from, self.to).map_err(|e| anyhow::anyhow!("--from/--to: {e}"))
     }
 }
 
@@ -184,6 +181,29 @@ pub(crate) async fn analytics(config: Config, command: AnalyticsCommand) -> Resu
                     println!(
                         "  {:<10} {:>8} {:>9} {:>6} {:>6} {:>14.2}",
                         d.date, d.created, d.contacted, d.won, d.lost, d.won_value
+                    );
+                }
+            })
+        }
+        AnalyticsCommand::History { metric, by, period } => {
+            if !["", "all", "owner", "source", "stage"].contains(&by.as_str()) {
+                anyhow::bail!("--by {by}: the dimensions are all, owner, source and stage");
+            }
+            let (from, until) = analytics::period_days(period.range()?);
+            let rows = store.analytics_history(from, until, &metric, &by).await?;
+            emit(period.json, &rows, |rows| {
+                println!(
+                    "  {:<10} {:<12} {:<10} {:<20} {:>14}",
+                    "date", "metric", "dimension", "value of", "value"
+                );
+                for r in rows {
+                    println!(
+                        "  {:<10} {:<12} {:<10} {:<20} {:>14.2}",
+                        date_of(r.day),
+                        r.metric,
+                        r.dimension,
+                        r.dimension_value,
+                        r.value
                     );
                 }
             })

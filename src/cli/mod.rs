@@ -2,6 +2,7 @@
 //! and calling the library. Errors end here, as `anyhow` reports them.
 
 mod analytics;
+mod apikey;
 mod experiments;
 mod forecast;
 mod import;
@@ -20,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
-use leadflow::api::{self, HttpState};
+use leadflow::api::{self, ApiState, HttpState};
 use leadflow::codec::{Codec, RegistryClient};
 use leadflow::config::Config;
 use leadflow::metrics::Metrics;
@@ -70,9 +71,13 @@ enum Command {
     /// Forecasts on demand (lead generation per day) and their backtests.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
-    /// Reports over the stage transitions: the funnel of a creation cohort.
+    /// Reports over the stage transitions (funnel, time in stage, per owner
+    /// and source, per day, pipeline) and the stored daily history.
     #[command(subcommand)]
     Analytics(analytics::AnalyticsCommand),
+    /// Keys of the REST API (/api/v1): create (printed once), list, revoke.
+    #[command(subcommand)]
+    Apikey(apikey::ApiKeyCommand),
 }
 
 /// Parses the command line, loads the configuration and runs the command.
@@ -100,6 +105,7 @@ async fn dispatch(command: Command, config: Config) -> Result<()> {
         Command::Experiments(args) => experiments::experiments(config, args).await,
         Command::Forecast(command) => forecast::forecast(config, command).await,
         Command::Analytics(command) => analytics::analytics(config, command).await,
+        Command::Apikey(command) => apikey::apikey(config, command).await,
     }
 }
 
@@ -111,20 +117,46 @@ pub(crate) struct Service {
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// Which service starts: the processor serves the REST API too.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServiceKind {
+    Processor,
+    DeliveryWorker,
+}
+
 pub(crate) async fn start_service(
     config: &Config,
     key: &str,
     listen: &str,
     group: &str,
-    what: &str,
+    kind: ServiceKind,
 ) -> Result<Service> {
+    let what = match kind {
+        ServiceKind::Processor => "processor",
+        ServiceKind::DeliveryWorker => "delivery worker",
+    };
     let store = Arc::new(open_store(config).await?);
     let codec = Arc::new(codec(config)?);
     let metrics = Arc::new(Metrics::new());
+    let api = match kind {
+        ServiceKind::Processor if config.api.enabled => {
+            let producer = leadflow::kafka::producer(&config.kafka)
+                .context("the REST API's producer (POST /events)")?;
+            Some(Arc::new(ApiState::new(
+                config.clone(),
+                store.clone(),
+                codec.clone(),
+                metrics.clone(),
+                producer,
+            )))
+        }
+        _ => None,
+    };
     let http = api::serve(
         listen,
         HttpState {
             metrics: metrics.clone(),
+            api,
         },
     )
     .await

@@ -8,7 +8,7 @@ use clap::Args;
 use leadflow::config::Config;
 use leadflow::notify::worker::NotifyWorker;
 
-use super::{shutdown_signal, start_service};
+use super::{shutdown_signal, start_service, ServiceKind};
 
 #[derive(Args)]
 pub(crate) struct NotifyArgs {
@@ -25,7 +25,7 @@ pub(crate) async fn notify(config: Config, args: NotifyArgs) -> Result<()> {
         "notify.http_listen",
         &config.notify.http_listen,
         &config.notify.group_id,
-        "delivery worker",
+        ServiceKind::DeliveryWorker,
     )
     .await?;
     let worker = NotifyWorker::new(config, service.store, service.codec, service.metrics)?;

@@ -12,7 +12,7 @@ use leadflow::pipeline::{replay, Pipeline, RunOptions};
 use leadflow::simulate;
 use leadflow::store::prelude::*;
 
-use super::{open_store, shutdown_signal, start_service};
+use super::{open_store, shutdown_signal, start_service, ServiceKind};
 
 #[derive(Args)]
 pub(crate) struct RunArgs {
@@ -59,7 +59,7 @@ pub(crate) async fn run(config: Config, args: RunArgs) -> Result<()> {
         "http.listen",
         &config.http.listen,
         &config.kafka.group_id,
-        "processor",
+        ServiceKind::Processor,
     )
     .await?;
     let store = service.store.clone();

@@ -17,6 +17,8 @@
 //! One file past 600 lines on purpose: every section's keys and their
 //! validation, so that one file says what a configuration may contain.
 
+pub mod analytics;
+pub mod api;
 pub mod forecast;
 pub mod notify;
 
@@ -73,12 +75,14 @@ pub struct Config {
     pub nurture: NurtureConfig,
     pub notify: notify::NotifyConfig,
     pub forecast: forecast::ForecastConfig,
+    pub analytics: analytics::AnalyticsConfig,
+    pub api: api::ApiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address of `/metrics`, `/health` and `/ready` (and the REST API later).
+    /// Address of `/metrics`, `/health`, `/ready` and the REST API.
     pub listen: String,
 }
 
@@ -505,7 +509,9 @@ impl Config {
         self.nurture
             .validate()
             .map_err(|(key, reason)| invalid(&format!("nurture.{key}"), reason))?;
-        self.forecast.check()
+        self.forecast.check()?;
+        self.analytics.check()?;
+        self.api.check()
     }
 }
 

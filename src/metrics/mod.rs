@@ -52,6 +52,11 @@ pub struct Metrics {
     forecasts_not_made: IntCounterVec,
     forecast_last_slot: IntGauge,
     forecast_slots_skipped: IntCounter,
+    analytics_days: IntCounter,
+    analytics_rows: IntCounter,
+    api_requests: IntCounterVec,
+    api_request_seconds: HistogramVec,
+    api_rate_limited: IntCounterVec,
     notify_messages: IntCounterVec,
     notify_retries: IntCounterVec,
     notify_provider_seconds: HistogramVec,
@@ -171,6 +176,42 @@ impl Metrics {
                 r,
                 "leadflow_forecast_slots_skipped_total",
                 "Missed forecast slots older than forecast.backfill_slots, not made up",
+            ),
+            analytics_days: counter(
+                r,
+                "leadflow_analytics_days_total",
+                "Days of the analytics history stored in lead_analytics",
+            ),
+            analytics_rows: counter(
+                r,
+                "leadflow_analytics_rows_total",
+                "Rows of the analytics history stored in lead_analytics",
+            ),
+            api_requests: counter_vec(
+                r,
+                "leadflow_api_requests_total",
+                "REST API requests answered, by route and HTTP status",
+                &["route", "status"],
+            ),
+            api_request_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "leadflow_api_request_seconds",
+                        "Time to answer a REST API request, by route",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            api_rate_limited: counter_vec(
+                r,
+                "leadflow_api_rate_limited_total",
+                "REST API requests refused with 429 by the per-key rate limit, by scope",
+                &["scope"],
             ),
             dead_letters: counter_vec(
                 r,

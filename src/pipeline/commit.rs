@@ -1,32 +1,37 @@
 //! The one commit path. Batches of events, rounds of due timers, forecast
-//! slots, replays and imports all go through [`apply_and_commit`]: load the
-//! leads, apply the work in the pure core (or make the forecasts), then
-//! write the new states, the forecasts, the outputs (to the outbox, or back
-//! to the caller) and the fence in one transaction.
+//! slots, days of the analytics history, replays and imports all go through
+//! [`apply_and_commit`]: load the leads, apply the work in the pure core (or
+//! make the forecasts, or the day's rows), then write the new states, the
+//! forecasts, the analytics rows, the outputs (to the outbox, or back to the
+//! caller) and the fence in one transaction.
 //!
 //! The fence is what makes a zombie harmless: a batch moves its partitions'
-//! offsets by compare-and-set, a timer round or a forecast slot checks that
+//! offsets by compare-and-set, a timer round, a forecast slot or a day of
+//! the analytics history checks that
 //! the partitions it writes for are still where this instance left them,
 //! and each fired lead's stored timer must still be the one that fired.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::analytics::history::day_rows;
 use crate::config::Config;
 use crate::core::apply::{self, ApplyContext, BatchClock, ConversionModel, Output};
 use crate::core::nurture::FireClock;
 use crate::core::state::LeadState;
-use crate::events::{InputEvent, Millis};
+use crate::events::{InputEvent, Millis, MILLIS_PER_DAY};
 use crate::forecast::scheduled::{forecasts_as_of, ForecastPlan, MadeForecast, NotMade};
 use crate::ml::ActiveModel;
 use crate::store::{
-    BatchWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, StoreError,
+    AnalyticsRow, BatchWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance,
+    StoreError,
 };
 
 use super::assignment::TopicPartition;
 use super::timers::{fire_round, FiredLead};
 
-/// The input partition whose owner makes the scheduled forecasts: their
-/// outbox rows carry it, so exactly one relay publishes them.
+/// The input partition whose owner makes the scheduled forecasts (their
+/// outbox rows carry it, so exactly one relay publishes them) and the days
+/// of the analytics history.
 pub const FORECAST_PARTITION: i32 = 0;
 
 /// A lead a batch changed.
@@ -85,6 +90,8 @@ pub enum Work<'a> {
     },
     /// Every forecast kind as of `at`, over all leads, for the schedule.
     Forecasts { at: Millis },
+    /// The analytics history's rows of one UTC day (days since 1970-01-01).
+    Analytics { day: i64 },
 }
 
 /// What the transaction checks to be this instance's to write.
@@ -117,6 +124,8 @@ pub struct Prepared {
     pub forecasts: Vec<ForecastRecord>,
     /// Forecast kinds the data did not allow.
     pub not_made: Vec<NotMade>,
+    /// Rows of the analytics history to store.
+    pub analytics: Vec<AnalyticsRow>,
 }
 
 /// Loads the leads `work` needs and applies it in the core.
@@ -153,6 +162,15 @@ pub async fn prepare<S: LeadStore>(
             };
             let (made, not_made) = forecasts_as_of(&leads, at, &plan);
             Ok(Prepared::forecasts(&made, true, not_made))
+        }
+        Work::Analytics { day } => {
+            let (start, end) = (day * MILLIS_PER_DAY, (day + 1) * MILLIS_PER_DAY);
+            let of_day = store.transitions_between(start, end).await?;
+            let open = store.open_by_stage(end).await?;
+            Ok(Prepared {
+                analytics: day_rows(day, &of_day, &open),
+                ..Prepared::default()
+            })
         }
     }
 }
@@ -193,6 +211,7 @@ impl Prepared {
                     .iter()
                     .map(|l| l.partition)
                     .chain(self.outputs.iter().map(|(p, _)| *p))
+                    .chain((!self.analytics.is_empty()).then_some(FORECAST_PARTITION))
                     .collect();
                 // Advancing nothing, these only check that the partitions are
                 // still this instance's: a zombie must not fire timers.
@@ -222,6 +241,7 @@ impl Prepared {
             && offsets.is_empty()
             && outbox.is_empty()
             && self.forecasts.is_empty()
+            && self.analytics.is_empty()
         {
             return Ok(());
         }
@@ -232,6 +252,7 @@ impl Prepared {
                 offsets,
                 outbox,
                 forecasts: self.forecasts.clone(),
+                analytics: self.analytics.clone(),
             })
             .await
     }

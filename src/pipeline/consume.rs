@@ -57,8 +57,10 @@ pub(super) struct LoopState {
     pub(super) stream_time: BTreeMap<i32, Millis>,
     /// The forecast schedule's next slot, once read from the store.
     pub(super) forecast_next: Option<Millis>,
-    /// When the schedule was last looked at.
+    /// When the schedules were last looked at.
     pub(super) forecast_checked: Option<Instant>,
+    /// The analytics history's next day, once read from the store.
+    pub(super) history_next: Option<i64>,
 }
 
 impl LoopState {
@@ -268,7 +270,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 }
                 last_tick = Instant::now();
             }
-            if self.run_forecast_schedule(&mut state, &mut summary).await? > 0 {
+            if self.run_schedules(&mut state, &mut summary).await? > 0 {
                 wake.notify_one();
                 last_activity = Instant::now();
             }

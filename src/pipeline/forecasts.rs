@@ -25,6 +25,7 @@ use crate::forecast::scheduled::MadeForecast;
 use crate::metrics::internal_events::{ForecastSlotsSkipped, ForecastsMade};
 use crate::store::{with_store_retry, LeadStore, StoreError};
 
+use super::analytics::DailyHistory;
 use super::commit::{apply_and_commit, Fence, Prepared, Sink, Work, FORECAST_PARTITION};
 use super::consume::{LoopState, Pipeline};
 use super::{PipelineError, RunSummary};
@@ -107,16 +108,19 @@ pub async fn record_on_demand<S: LeadStore>(
 }
 
 impl<S: LeadStore + 'static> Pipeline<S> {
-    /// Makes the forecasts of every due slot, if this instance owns
-    /// partition 0; returns how many slots it made.
-    pub(super) async fn run_forecast_schedule(
+    /// If this instance owns partition 0: makes the forecasts of every due
+    /// slot and stores every due day of the analytics history; returns how
+    /// many slots and days it made.
+    pub(super) async fn run_schedules(
         &self,
         state: &mut LoopState,
         summary: &mut RunSummary,
     ) -> Result<usize, PipelineError> {
-        let Some(schedule) = Schedule::new(&self.config) else {
+        let schedule = Schedule::new(&self.config);
+        let history = DailyHistory::new(&self.config);
+        if schedule.is_none() && history.is_none() {
             return Ok(0);
-        };
+        }
         let owner = (
             self.config.topics.input(InputStream::Leads).to_string(),
             FORECAST_PARTITION,
@@ -132,6 +136,26 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         let Some(clock) = self.forecast_clock(state).await? else {
             return Ok(0);
         };
+        let mut made = 0;
+        if let Some(schedule) = schedule {
+            made += self
+                .run_forecast_schedule(&schedule, clock, state, summary)
+                .await?;
+        }
+        if let Some(history) = history {
+            made += self.run_daily_history(&history, clock, state).await?;
+        }
+        Ok(made)
+    }
+
+    /// Makes the forecasts of every slot due by `clock`; returns how many.
+    async fn run_forecast_schedule(
+        &self,
+        schedule: &Schedule,
+        clock: Millis,
+        state: &mut LoopState,
+        summary: &mut RunSummary,
+    ) -> Result<usize, PipelineError> {
         let next = match state.forecast_next {
             Some(next) => next,
             None => match with_store_retry("read forecast schedule", &self.metrics, || {
@@ -180,7 +204,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
         Ok(due.len())
     }
 
-    /// The clock the schedule follows; `None` while some partition with
+    /// The clock the schedules follow; `None` while some partition with
     /// input has applied none of it yet. On event time, the slowest
     /// partition's. On the wall clock, the wall clock, held back to the event
     /// time of any partition this instance is still catching up on (after a

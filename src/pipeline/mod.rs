@@ -21,12 +21,15 @@
 //! - **Forecasts.** The owner of partition 0 makes the scheduled forecasts
 //!   when its clock passes a slot ([`forecasts`]), stored and put in the
 //!   outbox in one transaction fenced like a timer round.
+//! - **Analytics history.** The same owner stores each UTC day's analytics
+//!   rows once that clock has passed the day ([`analytics`]), fenced alike.
 //! - **Bad input.** A message that cannot be decoded goes to the dead-letter
 //!   topic with its reason, and its offset is committed with the batch. If
 //!   most of a window of messages is bad, the processor stops: that is a bad
 //!   deploy, not bad data. Transient failures (database, broker, registry) are
 //!   retried with backoff and never dead-lettered.
 
+pub mod analytics;
 mod assignment;
 mod batch;
 pub mod commit;

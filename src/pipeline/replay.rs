@@ -4,8 +4,8 @@
 //! ends in the same state and the same output ids as a live run of the same
 //! events. Outputs go to JSON Lines files, one per output topic, instead of
 //! the outbox. The partitions are interleaved by event time and the forecast
-//! schedule runs on the slowest one's clock, as it does live, so the replay
-//! makes the same forecasts too.
+//! schedule and the analytics history run on the slowest one's clock, as
+//! they do live, so the replay makes the same forecasts and days too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -20,6 +20,7 @@ use crate::kafka::partition_for_key;
 use crate::ml::ActiveModel;
 use crate::store::{LeadStore, StoreError};
 
+use super::analytics::{store_day, DailyHistory};
 use super::commit::{apply_and_commit, outbox_row, prepare, Fence, Sink, Work};
 use super::forecasts::{make_slot, Schedule};
 use super::merge::{MergeBuffer, Pending};
@@ -157,8 +158,9 @@ pub async fn sweep_timers<S: LeadStore>(
 /// with event time as the clock (`clock` is `EventTime` or `Import`); no
 /// offsets are written (the input is not a topic) and the outputs are
 /// returned, not put in the outbox. On event time the forecast schedule
-/// runs between transactions on the live processor's clock: the latest
-/// event time of the partition furthest behind.
+/// and the analytics history run between transactions on the live
+/// processor's clock: the latest event time of the partition furthest
+/// behind.
 pub async fn apply_in_batches<S: LeadStore>(
     store: &S,
     config: &Config,
@@ -168,10 +170,13 @@ pub async fn apply_in_batches<S: LeadStore>(
 ) -> Result<(RunSummary, Vec<Output>), StoreError> {
     let mut summary = RunSummary::default();
     let mut outputs = Vec::new();
-    let schedule = Schedule::new(config).filter(|_| clock == BatchClock::EventTime);
+    let on_event_time = clock == BatchClock::EventTime;
+    let schedule = Schedule::new(config).filter(|_| on_event_time);
+    let history = DailyHistory::new(config).filter(|_| on_event_time);
     let partitions: BTreeSet<i32> = ordered.iter().map(|(p, _)| *p).collect();
     let mut stream_time: BTreeMap<i32, Millis> = BTreeMap::new();
     let mut next_slot = None;
+    let mut next_day = None;
     for chunk in ordered.chunks(config.processor.batch_size.max(1)) {
         let work = Work::Events {
             events: chunk,
@@ -185,9 +190,9 @@ pub async fn apply_in_batches<S: LeadStore>(
         summary.consumed += chunk.len() as u64;
         summary.batches += 1;
         outputs.extend(applied.outputs.into_iter().map(|(_, o)| o));
-        let Some(schedule) = &schedule else {
+        if schedule.is_none() && history.is_none() {
             continue;
-        };
+        }
         for (partition, event) in chunk {
             let t = stream_time.entry(*partition).or_insert(event.occurred_at());
             *t = (*t).max(event.occurred_at());
@@ -196,20 +201,30 @@ pub async fn apply_in_batches<S: LeadStore>(
             continue;
         }
         let slowest = *stream_time.values().min().expect("some partition");
-        let next = match next_slot {
-            Some(next) => next,
-            None => match schedule.next_slot(store).await? {
-                Some(next) => next,
-                None => continue,
-            },
-        };
-        let (due, _) = schedule.due(next, slowest);
-        next_slot = Some(next);
-        for slot in due {
-            let made = make_slot(store, config, slot, Fence::None, Sink::Caller).await?;
-            summary.outputs += made.outputs.len() as u64;
-            outputs.extend(made.outputs.into_iter().map(|(_, o)| o));
-            next_slot = Some(slot + schedule.slots.every());
+        if let Some(schedule) = &schedule {
+            if next_slot.is_none() {
+                next_slot = schedule.next_slot(store).await?;
+            }
+            if let Some(next) = next_slot {
+                let (due, _) = schedule.due(next, slowest);
+                for slot in due {
+                    let made = make_slot(store, config, slot, Fence::None, Sink::Caller).await?;
+                    summary.outputs += made.outputs.len() as u64;
+                    outputs.extend(made.outputs.into_iter().map(|(_, o)| o));
+                    next_slot = Some(slot + schedule.slots.every());
+                }
+            }
+        }
+        if let Some(history) = &history {
+            if next_day.is_none() {
+                next_day = history.next_day(store).await?;
+            }
+            if let Some(next) = next_day {
+                for day in history.due(next, slowest) {
+                    store_day(store, config, day, Fence::None).await?;
+                    next_day = Some(day + 1);
+                }
+            }
         }
     }
     Ok((summary, outputs))

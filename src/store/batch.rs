@@ -1,7 +1,8 @@
 //! The one write of the commit path: leads, their stage transitions, their
-//! experiment memberships, offsets, forecasts and outbox rows in one
+//! experiment memberships, offsets, forecasts, analytics days and outbox rows in one
 //! transaction.
 
+use super::analytics::INSERT_ANALYTICS;
 use super::transitions::INSERT_TRANSITION;
 use super::*;
 
@@ -34,6 +35,8 @@ pub struct BatchWrite<'a> {
     /// Forecasts made. One already stored is not stored again, and its
     /// outbox row (same id) is dropped: it was published when it was new.
     pub forecasts: Vec<ForecastRecord>,
+    /// Days of the analytics history; a row already stored stays as it was.
+    pub analytics: Vec<AnalyticsRow>,
 }
 
 impl<'a> LeadWrite<'a> {
@@ -208,6 +211,16 @@ store_concern! {
                     .bind(&row.payload)
                     .bind(row.source_partition)
                     .bind(row.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for row in &batch.analytics {
+                sqlx::query(INSERT_ANALYTICS)
+                    .bind(row.day)
+                    .bind(&row.metric)
+                    .bind(&row.dimension)
+                    .bind(&row.dimension_value)
+                    .bind(row.value)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -152,5 +152,16 @@ store_concern! {
             .fetch_one(&self.pool)
             .await?)
         }
+
+        /// The ledger rows of one lead's messages, oldest first.
+        async fn lead_deliveries(&self, lead: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE lead_ext_id = $1
+                 ORDER BY updated_at, message_id"
+            ))
+            .bind(lead)
+            .fetch_all(&self.pool)
+            .await?)
+        }
     }
 }

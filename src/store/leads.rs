@@ -14,6 +14,33 @@ pub struct LeadSummary {
     pub updated_at: i64,
 }
 
+/// How [`Leads::search_leads`] orders leads: both newest or highest first,
+/// then by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadOrder {
+    /// By final score (a lead without one counts as -1).
+    Score,
+    /// By the latest event time applied.
+    Updated,
+}
+
+/// A filtered page of the lead list: "" or `None` means any.
+#[derive(Debug, Clone)]
+pub struct LeadFilter<'a> {
+    pub stage: &'a str,
+    pub segment: &'a str,
+    pub owner: &'a str,
+    pub source: &'a str,
+    pub min_score: Option<f64>,
+    pub updated_since: Option<i64>,
+    pub order: LeadOrder,
+    /// The last row of the previous page: its sort key and id.
+    pub after: Option<(f64, &'a str)>,
+    pub limit: i64,
+}
+
+const SUMMARY_COLUMNS: &str = "lead_ext_id, stage, owner, source, segment, final_score, updated_at";
+
 /// Lead states per query of [`Leads::all_lead_states`].
 const STATE_PAGE: i64 = 5000;
 
@@ -64,14 +91,44 @@ store_concern! {
             after: &str,
             limit: i64,
         ) -> Result<Vec<LeadSummary>, StoreError> {
-            Ok(sqlx::query_as(
-                "SELECT lead_ext_id, stage, owner, source, segment, final_score, updated_at
-                 FROM leads WHERE lead_ext_id > $1 ORDER BY lead_ext_id LIMIT $2",
-            )
+            Ok(sqlx::query_as(&format!(
+                "SELECT {SUMMARY_COLUMNS} FROM leads WHERE lead_ext_id > $1
+                 ORDER BY lead_ext_id LIMIT $2"
+            ))
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
+        }
+
+        /// The leads `filter` selects, in its order, a page from its cursor.
+        async fn search_leads(&self, filter: &LeadFilter<'_>) -> Result<Vec<LeadSummary>, StoreError> {
+            let key = match filter.order {
+                LeadOrder::Score => "COALESCE(final_score, -1.0)",
+                LeadOrder::Updated => "updated_at",
+            };
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM leads
+                 WHERE ($1 = '' OR stage = $1) AND ($2 = '' OR segment = $2)
+                   AND ($3 = '' OR owner = $3) AND ($4 = '' OR source = $4)
+                   AND COALESCE(final_score, -1.0) >= $5 AND updated_at >= $6
+                   AND ($7 OR {key} < $8 OR ({key} = $8 AND lead_ext_id > $9))
+                 ORDER BY {key} DESC, lead_ext_id LIMIT $10"
+            );
+            let query = sqlx::query_as(&sql)
+                .bind(filter.stage)
+                .bind(filter.segment)
+                .bind(filter.owner)
+                .bind(filter.source)
+                .bind(filter.min_score.unwrap_or(-1.0))
+                .bind(filter.updated_since.unwrap_or(i64::MIN))
+                .bind(filter.after.is_none());
+            let (key, id) = filter.after.unwrap_or((0.0, ""));
+            let query = match filter.order {
+                LeadOrder::Score => query.bind(key),
+                LeadOrder::Updated => query.bind(key as i64),
+            };
+            Ok(query.bind(id).bind(filter.limit).fetch_all(&self.pool).await?)
         }
 
         /// Every lead state, ordered by id, read in pages of

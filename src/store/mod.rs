@@ -2,7 +2,7 @@
 //!
 //! PostgreSQL is the production store, SQLite the embedded default. Each
 //! concern (leads, the batch write, offsets, outbox, timers, experiments,
-//! models, deliveries, forecasts, transitions) is one file holding its types, its SQL and one
+//! models, deliveries, forecasts, transitions, the analytics history, API keys) is one file holding its types, its SQL and one
 //! [`store_concern!`] block: every method is written once there, and the
 //! macro makes of it the trait, both backends' implementations (the same
 //! SQL, so they cannot drift) and the [`Store`] delegate. Only the
@@ -11,6 +11,8 @@
 //!
 //! A new table: its migration per backend, and one file here.
 
+mod analytics;
+mod api_keys;
 mod batch;
 mod deliveries;
 mod experiments;
@@ -22,11 +24,13 @@ mod outbox;
 mod timers;
 mod transitions;
 
+pub use analytics::{AnalyticsRow, History, OpenStage};
+pub use api_keys::{ApiKeyRecord, ApiKeys};
 pub use batch::{BatchWrite, Batches, LeadWrite};
 pub use deliveries::{Deliveries, DeliveryClaim, DeliveryOutcome, DeliveryRecord};
 pub use experiments::Experiments;
 pub use forecasts::{ForecastRecord, Forecasts};
-pub use leads::{LeadSummary, Leads};
+pub use leads::{LeadFilter, LeadOrder, LeadSummary, Leads};
 pub use models::{ModelDocument, ModelEntry, ModelRecord, Models, NewModel};
 pub use offsets::{OffsetAdvance, Offsets, PartitionOffset};
 pub use outbox::{NewOutboxRow, Outbox, OutboxEntry};
@@ -36,8 +40,8 @@ pub use transitions::{new_transitions, TransitionRow, Transitions};
 /// Every concern trait, for calling store methods on a concrete store.
 pub mod prelude {
     pub use super::{
-        Batches, Deliveries, Experiments, Forecasts, LeadStore, Leads, Migrate, Models, Offsets,
-        Outbox, Timers, Transitions,
+        ApiKeys, Batches, Deliveries, Experiments, Forecasts, History, LeadStore, Leads, Migrate,
+        Models, Offsets, Outbox, Timers, Transitions,
     };
 }
 
@@ -277,6 +281,8 @@ pub trait LeadStore:
     + Deliveries
     + Forecasts
     + Transitions
+    + History
+    + ApiKeys
 {
 }
 
@@ -292,6 +298,8 @@ impl<T> LeadStore for T where
         + Deliveries
         + Forecasts
         + Transitions
+        + History
+        + ApiKeys
 {
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod expected;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -17,7 +17,7 @@ pub struct VariantCounts {
 }
 
 /// One outcome of a variant compared with the control.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Comparison {
     pub rate: f64,
     /// (rate − control rate) / control rate; `None` when the control rate is 0.
@@ -27,7 +27,7 @@ pub struct Comparison {
     pub p_value: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VariantReport {
     pub variant: String,
     pub control: bool,
@@ -38,7 +38,7 @@ pub struct VariantReport {
     pub conversion: Comparison,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExperimentReport {
     pub experiment: String,
     pub variants: Vec<VariantReport>,

@@ -8,12 +8,14 @@
 //! A log line that nothing counts (start-up, shutdown) stays a plain
 //! `tracing` call where it happens.
 
+mod api;
 mod dead_letters;
 mod models;
 mod notify;
 mod processor;
 mod store;
 
+pub use api::{ApiRateLimited, ApiRequestAnswered};
 pub use dead_letters::DeadLettered;
 pub use models::{DriftChecked, ModelRetrainFailed, ModelRetrained, ModelSwitched};
 pub use notify::{
@@ -21,9 +23,9 @@ pub use notify::{
     ProviderRetry, RateLimitWaited,
 };
 pub use processor::{
-    BatchCommitted, ConsumerError, ConsumerLag, EventReceived, ForecastSlotsSkipped, ForecastsMade,
-    LogDiscontinuity, OutboxDepthRead, OutboxPublishFailed, OutboxRowsDeleted, OutputPublished,
-    PartitionsAssigned, PartitionsRevoked, TimersFired,
+    AnalyticsDaysStored, BatchCommitted, ConsumerError, ConsumerLag, EventReceived,
+    ForecastSlotsSkipped, ForecastsMade, LogDiscontinuity, OutboxDepthRead, OutboxPublishFailed,
+    OutboxRowsDeleted, OutputPublished, PartitionsAssigned, PartitionsRevoked, TimersFired,
 };
 pub use store::StoreRetry;
 

@@ -155,6 +155,24 @@ impl InternalEvent for ForecastSlotsSkipped {
     }
 }
 
+/// Days of the analytics history stored.
+pub struct AnalyticsDaysStored {
+    pub days: usize,
+    pub rows: usize,
+}
+
+impl InternalEvent for AnalyticsDaysStored {
+    fn emit(self, m: &Metrics) {
+        info!(
+            days = self.days,
+            rows = self.rows,
+            "analytics history stored"
+        );
+        m.analytics_days.inc_by(self.days as u64);
+        m.analytics_rows.inc_by(self.rows as u64);
+    }
+}
+
 /// Partitions handed to this instance, at the offsets the store holds.
 pub struct PartitionsAssigned {
     pub partitions: usize,
