@@ -17,8 +17,6 @@ use leadflow::config::api::Rate;
 use leadflow::config::Config;
 use leadflow::events::{InputEvent, LeadEvent, Stage};
 use leadflow::forecast::time_to_close::{CloseCurve, Outcome};
-use leadflow::kafka::{self, InputFormat};
-use leadflow::simulate::{self, SimulationParams};
 use leadflow::store::LeadStore;
 
 use common::expected::{expected_funnel, expected_groups, expected_stays};
@@ -158,19 +156,7 @@ async fn serves_the_processors_leads_with_keys_scopes_and_limits<S: LeadStore>(
         per_second: 0.5,
         burst: 7,
     };
-    kafka::create_topics(&config).await.unwrap();
-    let start = 1_767_225_600_000; // 2026-01-01
-    let events = simulate::generate(&SimulationParams {
-        inflow_growth: 0.0,
-        source_shares: Default::default(),
-        seed: 31,
-        leads: 400,
-        days: 45,
-        start,
-    });
-    kafka::publish_inputs(&config, &Codec::new(None), &events, InputFormat::Avro, 0)
-        .await
-        .unwrap();
+    let events = common::publish_simulated(&config, 31, 400, 45).await;
     let read = new_key(url, "dashboard", "read");
     let write = new_key(url, "crm-sync", "write");
     let admin = new_key(url, "ops", "admin");
@@ -579,18 +565,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         burst: 100_000,
     };
     config.api.rate_limits.admin = unlimited;
-    kafka::create_topics(&config).await.unwrap();
-    let events = simulate::generate(&SimulationParams {
-        inflow_growth: 0.0,
-        source_shares: Default::default(),
-        seed: 5,
-        leads: 150,
-        days: 30,
-        start: 1_767_225_600_000,
-    });
-    kafka::publish_inputs(&config, &Codec::new(None), &events, InputFormat::Avro, 0)
-        .await
-        .unwrap();
+    let events = common::publish_simulated(&config, 5, 150, 30).await;
     let key = new_key(&db.url, "fuzz", "admin");
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_processor(&config, dir.path());

@@ -117,6 +117,26 @@ fn a_bad_value_names_the_key_and_the_reason() {
             && e.contains("penalty of 0 or more"),
         "{e}"
     );
+    let e = error("[api]\nmax_page_size = 10\ndefault_page_size = 50\n", &[]);
+    assert!(
+        e.contains("api.default_page_size") && e.contains("1..=max_page_size"),
+        "{e}"
+    );
+    let e = error(
+        "[api.rate_limits]\nread = { per_second = 0.0, burst = 5 }\n",
+        &[],
+    );
+    assert!(
+        e.contains("api.rate_limits.read.per_second") && e.contains("positive"),
+        "{e}"
+    );
+    let e = error("[api.rate_limits]\nwrite = { per_second = 5.0 }\n", &[]);
+    assert!(e.contains("burst"), "{e}");
+    let e = error("[analytics]\ngrace_ms = 90000000\n", &[]);
+    assert!(
+        e.contains("analytics.grace_ms") && e.contains("shorter than a day"),
+        "{e}"
+    );
     let e = error(
         "[scoring.features]\nnumeric_attributes = [\"size\"]\ncategorical_attributes = [\"size\"]\n",
         &[],

@@ -117,6 +117,14 @@ async fn assert_equals_clean_run<S: LeadStore>(store: &S, config: &Config, clean
     // input says they happened.
     let transitions = store.transitions(None).await.unwrap();
     assert_eq!(transitions, clean.transitions, "lead_transitions");
+    // The daily analytics history too: every day stored once, with the
+    // replay's figures (a day is a function of the transitions before its end).
+    let history = store
+        .analytics_history(i64::MIN, i64::MAX, "", "")
+        .await
+        .unwrap();
+    assert!(!history.is_empty());
+    assert_eq!(history, clean.history, "lead_analytics");
     let stage_changes: BTreeSet<(String, String, String, i64)> = transitions
         .iter()
         .filter(|t| t.seq > 0)
@@ -165,19 +173,7 @@ async fn assert_equals_clean_run<S: LeadStore>(store: &S, config: &Config, clean
 }
 
 async fn publish(config: &Config, seed: u64, leads: u32) -> Vec<leadflow::events::InputEvent> {
-    kafka::create_topics(config).await.unwrap();
-    let events = simulate::generate(&SimulationParams {
-        inflow_growth: 0.0,
-        source_shares: Default::default(),
-        seed,
-        leads,
-        days: 30,
-        start: 1_767_225_600_000,
-    });
-    kafka::publish_inputs(config, &Codec::new(None), &events, InputFormat::Avro, 0)
-        .await
-        .unwrap();
-    events
+    common::publish_simulated(config, seed, leads, 30).await
 }
 
 /// Runs the processor as a child process and SIGKILLs it once each share

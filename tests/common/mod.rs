@@ -388,6 +388,8 @@ pub struct CleanRun {
     pub forecasts: std::collections::BTreeMap<String, leadflow::events::ForecastEvent>,
     /// The replay's `lead_transitions` rows.
     pub transitions: Vec<leadflow::store::TransitionRow>,
+    /// The replay's daily analytics history (`lead_analytics`).
+    pub history: Vec<leadflow::store::AnalyticsRow>,
     /// Worked out from the input alone: each distinct stage change as
     /// (lead, event id, to stage, at), and the leads a LeadEvent created.
     pub input_stage_changes: std::collections::BTreeSet<(String, String, String, i64)>,
@@ -508,6 +510,10 @@ pub async fn clean_run_with_model(
         messages,
         forecasts,
         transitions: store.transitions(None).await.unwrap(),
+        history: store
+            .analytics_history(i64::MIN, i64::MAX, "", "")
+            .await
+            .unwrap(),
         input_stage_changes,
         input_created,
     }
@@ -611,6 +617,36 @@ pub async fn committed_messages<S: LeadStore>(store: &S, config: &Config) -> i64
         .iter()
         .map(|o| o.next_offset)
         .sum()
+}
+
+/// Creates the config's topics and publishes `days` of simulated traffic
+/// for `leads` leads from 2026-01-01 (Avro, no registry); returns it.
+pub async fn publish_simulated(
+    config: &Config,
+    seed: u64,
+    leads: u32,
+    days: u32,
+) -> Vec<leadflow::events::InputEvent> {
+    use leadflow::kafka;
+    kafka::create_topics(config).await.unwrap();
+    let events = leadflow::simulate::generate(&leadflow::simulate::SimulationParams {
+        inflow_growth: 0.0,
+        source_shares: Default::default(),
+        seed,
+        leads,
+        days,
+        start: 1_767_225_600_000,
+    });
+    kafka::publish_inputs(
+        config,
+        &leadflow::codec::Codec::new(None),
+        &events,
+        kafka::InputFormat::Avro,
+        0,
+    )
+    .await
+    .unwrap();
+    events
 }
 
 /// Produces raw bytes (bad input, on purpose) to a topic.
