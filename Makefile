@@ -92,7 +92,9 @@ $(BENCH_VENV)/.installed-v3:
 	touch $@
 
 bench: broker postgres $(BENCH_VENV)/.installed-v3
+	@command -v wrk >/dev/null || apt-get install -y wrk
 	$(CARGO) bench --bench throughput
+	$(CARGO) bench --bench api
 	$(CARGO) bench --bench nurture
 	$(CARGO) bench --bench notify
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python LEADFLOW_BENCH_GBC_MAX_ROWS=$(BENCH_GBC_MAX_ROWS) \

@@ -273,7 +273,11 @@ pub async fn one(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<LeadView>, Problem> {
     let state = load(&api, &id).await?;
-    let model = api.active_model().await?;
+    // Rules alone scored it: no model to explain it with, none to look up.
+    let model = match state.score.as_ref().and_then(|s| s.model_version.as_ref()) {
+        Some(_) => api.active_model().await?,
+        None => None,
+    };
     let score = state.score.as_ref().map(|s| {
         let scored_by_active = model
             .as_ref()

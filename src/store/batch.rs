@@ -1,9 +1,10 @@
-//! The one write of the commit path: leads, their stage transitions, their
+//! The one write of the commit path: leads, their stage transitions (and
+//! funnel rows), their
 //! experiment memberships, offsets, forecasts, analytics days and outbox rows in one
 //! transaction.
 
 use super::analytics::INSERT_ANALYTICS;
-use super::transitions::INSERT_TRANSITION;
+use super::transitions::{funnel_update, INSERT_TRANSITION, UPSERT_FUNNEL};
 use super::*;
 
 /// A lead's new state and where it belongs.
@@ -132,7 +133,18 @@ store_concern! {
                         lead: lead.lead_ext_id.clone(),
                     });
                 }
-                for t in new_transitions(lead, write.creation_stored, write.stored_changes) {
+                let transitions = new_transitions(lead, write.creation_stored, write.stored_changes);
+                if !transitions.is_empty() {
+                    let (created, furthest, lost) = funnel_update(&transitions);
+                    sqlx::query(UPSERT_FUNNEL)
+                        .bind(&lead.lead_ext_id)
+                        .bind(created)
+                        .bind(furthest)
+                        .bind(lost)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for t in transitions {
                     sqlx::query(INSERT_TRANSITION)
                         .bind(&t.lead_ext_id)
                         .bind(t.seq)

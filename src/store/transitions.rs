@@ -4,7 +4,7 @@
 
 use super::*;
 
-use crate::analytics::funnel::{FurthestCount, STEPS};
+use crate::analytics::funnel::{step_of, FurthestCount};
 use crate::core::state::LeadState;
 use crate::events::Stage;
 
@@ -58,15 +58,30 @@ pub(super) const INSERT_TRANSITION: &str = "INSERT INTO lead_transitions
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (lead_ext_id, seq) DO NOTHING";
 
-/// `CASE to_stage WHEN 'new' THEN 0 ... END`: a row's funnel step, -1 for
-/// closed_lost; built from [`STEPS`] so that the two orders cannot differ.
-fn step_case() -> String {
-    let mut case = String::from("CASE t.to_stage");
-    for (i, stage) in STEPS.iter().enumerate() {
-        case.push_str(&format!(" WHEN '{}' THEN {i}", stage.as_str()));
-    }
-    case.push_str(" ELSE -1 END");
-    case
+pub(super) const UPSERT_FUNNEL: &str = "INSERT INTO lead_funnel
+    (lead_ext_id, created_at, furthest, lost) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (lead_ext_id) DO UPDATE SET
+        created_at = COALESCE(lead_funnel.created_at, excluded.created_at),
+        furthest = CASE WHEN excluded.furthest > lead_funnel.furthest
+            THEN excluded.furthest ELSE lead_funnel.furthest END,
+        lost = lead_funnel.lost OR excluded.lost";
+
+/// What new transition rows of one lead add to its `lead_funnel` row: the
+/// creation time (if they hold the creation), the furthest funnel step
+/// among them (-1 for none) and whether one is a loss. The upsert keeps the
+/// first creation, the furthest step and any loss, as the rows themselves
+/// are kept (a repeated row is not written again).
+pub fn funnel_update(rows: &[TransitionRow]) -> (Option<i64>, i32, bool) {
+    let created = rows.iter().find(|r| r.seq == 0).map(|r| r.at);
+    let furthest = rows
+        .iter()
+        .filter_map(|r| r.to_stage.parse::<Stage>().ok().and_then(step_of))
+        .max()
+        .map_or(-1, |s| s as i32);
+    let lost = rows
+        .iter()
+        .any(|r| r.to_stage == Stage::ClosedLost.as_str());
+    (created, furthest, lost)
 }
 
 store_concern! {
@@ -75,19 +90,15 @@ store_concern! {
         /// Leads created in `[from, until)` by the furthest funnel step they
         /// entered and whether they were lost.
         async fn furthest_stages(&self, from: i64, until: i64) -> Result<Vec<FurthestCount>, StoreError> {
-            let sql = format!(
-                "SELECT furthest, lost, COUNT(*) AS leads FROM (
-                    SELECT t.lead_ext_id,
-                        MAX({case}) AS furthest,
-                        MAX(CASE WHEN t.to_stage = 'closed_lost' THEN 1 ELSE 0 END) = 1 AS lost
-                    FROM lead_transitions t
-                    JOIN lead_transitions c ON c.lead_ext_id = t.lead_ext_id AND c.seq = 0
-                    WHERE c.at >= $1 AND c.at < $2
-                    GROUP BY t.lead_ext_id
-                 ) per_lead GROUP BY furthest, lost ORDER BY furthest, lost",
-                case = step_case()
-            );
-            Ok(sqlx::query_as(&sql).bind(from).bind(until).fetch_all(&self.pool).await?)
+            Ok(sqlx::query_as(
+                "SELECT furthest, lost, COUNT(*) AS leads FROM lead_funnel
+                 WHERE created_at >= $1 AND created_at < $2
+                 GROUP BY furthest, lost ORDER BY furthest, lost",
+            )
+            .bind(from)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await?)
         }
 
         /// Every transition (of one lead when `lead` is given), by lead and
@@ -103,6 +114,69 @@ store_concern! {
             .bind(lead.unwrap_or(""))
             .fetch_all(&self.pool)
             .await?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::funnel::STEPS;
+
+    /// The migrations fill `lead_funnel` from the rows already stored with
+    /// the steps spelled out in SQL: in the order of [`STEPS`].
+    #[test]
+    fn the_migrations_number_the_funnel_steps_as_the_code_does() {
+        let case: String = STEPS
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("WHEN '{}' THEN {i} ", s.as_str()))
+            .collect();
+        for sql in [
+            include_str!("../../migrations/sqlite/0011_lead_funnel.sql"),
+            include_str!("../../migrations/postgres/0011_lead_funnel.sql"),
+        ] {
+            let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                flat.contains(&format!("CASE to_stage {case}ELSE -1 END")),
+                "{flat}"
+            );
+        }
+        let rows = [
+            TransitionRow {
+                seq: 0,
+                from_stage: None,
+                to_stage: "new".into(),
+                at: 5,
+                ..rows_template()
+            },
+            TransitionRow {
+                to_stage: "proposal".into(),
+                at: 9,
+                ..rows_template()
+            },
+        ];
+        assert_eq!(funnel_update(&rows), (Some(5), 3, false));
+        assert_eq!(funnel_update(&rows[1..]), (None, 3, false));
+        let lost = TransitionRow {
+            seq: 2,
+            to_stage: "closed_lost".into(),
+            ..rows_template()
+        };
+        assert_eq!(funnel_update(&[lost]), (None, -1, true));
+    }
+
+    fn rows_template() -> TransitionRow {
+        TransitionRow {
+            lead_ext_id: "L".into(),
+            seq: 1,
+            from_stage: Some("new".into()),
+            to_stage: "contacted".into(),
+            at: 7,
+            owner: None,
+            source: None,
+            value: None,
+            event_id: None,
         }
     }
 }
