@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::funnel::step_of;
-use super::history::{date_of, day_of};
+use super::history::{date_of, day_of, Trend};
 use super::TransitionRow;
 use crate::events::{Stage, MILLIS_PER_DAY};
 use crate::forecast::time_to_close::{CloseCurve, Observation, Outcome};
@@ -192,29 +192,20 @@ pub struct Day {
 /// Per UTC day of `[from, until)` with any transition: leads created, leads
 /// that entered contacted, won and lost that day, and the value won.
 pub fn daily(rows: &[TransitionRow], from: i64, until: i64) -> Vec<Day> {
-    let mut days: BTreeMap<i64, Day> = BTreeMap::new();
+    let mut days: BTreeMap<i64, Trend> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.at >= from && r.at < until) {
-        let day = day_of(row.at);
-        let entry = days.entry(day).or_insert_with(|| Day {
-            date: date_of(day),
-            created: 0,
-            contacted: 0,
-            won: 0,
-            lost: 0,
-            won_value: 0.0,
-        });
-        match (row.seq, row.to_stage.parse::<Stage>()) {
-            (0, _) => entry.created += 1,
-            (_, Ok(Stage::Contacted)) => entry.contacted += 1,
-            (_, Ok(Stage::ClosedWon)) => {
-                entry.won += 1;
-                entry.won_value += row.value.unwrap_or(0.0);
-            }
-            (_, Ok(Stage::ClosedLost)) => entry.lost += 1,
-            _ => {}
-        }
+        days.entry(day_of(row.at)).or_default().add(row);
     }
-    days.into_values().collect()
+    days.into_iter()
+        .map(|(day, t)| Day {
+            date: date_of(day),
+            created: t.created,
+            contacted: t.contacted,
+            won: t.won,
+            lost: t.lost,
+            won_value: t.won_value,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -56,26 +56,26 @@ pub fn date_of(day: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The five daily trend counts of one group.
+/// The five daily trend counts of one group (also `breakdown::daily`'s).
 #[derive(Default)]
-struct Trend {
-    created: f64,
-    contacted: f64,
-    won: f64,
-    lost: f64,
-    won_value: f64,
+pub(super) struct Trend {
+    pub(super) created: usize,
+    pub(super) contacted: usize,
+    pub(super) won: usize,
+    pub(super) lost: usize,
+    pub(super) won_value: f64,
 }
 
 impl Trend {
-    fn add(&mut self, row: &TransitionRow) {
+    pub(super) fn add(&mut self, row: &TransitionRow) {
         match (row.seq, row.to_stage.parse::<Stage>()) {
-            (0, _) => self.created += 1.0,
-            (_, Ok(Stage::Contacted)) => self.contacted += 1.0,
+            (0, _) => self.created += 1,
+            (_, Ok(Stage::Contacted)) => self.contacted += 1,
             (_, Ok(Stage::ClosedWon)) => {
-                self.won += 1.0;
+                self.won += 1;
                 self.won_value += row.value.unwrap_or(0.0);
             }
-            (_, Ok(Stage::ClosedLost)) => self.lost += 1.0,
+            (_, Ok(Stage::ClosedLost)) => self.lost += 1,
             _ => {}
         }
     }
@@ -89,10 +89,10 @@ impl Trend {
             value: v,
         };
         [
-            row("created", self.created),
-            row("contacted", self.contacted),
-            row("won", self.won),
-            row("lost", self.lost),
+            row("created", self.created as f64),
+            row("contacted", self.contacted as f64),
+            row("won", self.won as f64),
+            row("lost", self.lost as f64),
             row("won_value", self.won_value),
         ]
         .into_iter()
