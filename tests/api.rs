@@ -201,7 +201,10 @@ async fn serves_the_processors_leads_with_keys_scopes_and_limits<S: LeadStore>(
             assert!(detail.contains(&format!("scope {scope}")), "{detail}");
         }
     }
-    let forged = format!("{}0", &read[..read.len() - 1]);
+    // The secret's last hex digit changed to another one: same key id, wrong secret.
+    let last = if read.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &read[..read.len() - 1]);
+    assert_ne!(forged, read);
     let response = api
         .call(reqwest::Method::GET, "/leads", Some(&forged), None)
         .await;
