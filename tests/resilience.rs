@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use leadflow::analytics::funnel;
 use leadflow::codec::Codec;
 use leadflow::config::Config;
 use leadflow::events::ForecastEvent;
@@ -148,6 +149,16 @@ async fn assert_equals_clean_run<S: LeadStore>(store: &S, config: &Config, clean
         .map(|t| t.lead_ext_id.clone())
         .collect();
     assert_eq!(created, clean.input_created, "creations of the input");
+    // The funnel, from the counts the commit path keeps per creation day.
+    for (from, until, expected) in &clean.input_funnels {
+        let report = funnel::funnel(&store.furthest_stages(*from, *until).await.unwrap());
+        let reached: Vec<i64> = report.steps.iter().map(|s| s.reached).collect();
+        assert_eq!(
+            &(reached, report.lost),
+            expected,
+            "funnel of [{from}, {until})"
+        );
+    }
     assert_eq!(store.outbox_depth().await.unwrap(), 0, "outbox drained");
     let published = published_output_ids(config).await;
     let distinct: BTreeSet<String> = published.iter().cloned().collect();

@@ -574,6 +574,7 @@ async fn stage_transitions_are_rows_written_with_their_batch<S: LeadStore>(
         .unwrap();
     let rows = store.transitions(Some("WEB-7")).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_funnel_place(store.as_ref(), Some((0, false))).await;
     assert_eq!(
         (
             rows[0].seq,
@@ -592,6 +593,7 @@ async fn stage_transitions_are_rows_written_with_their_batch<S: LeadStore>(
         .commit_batch(&write(&lead, true, 0, vec![advance(0, Some(1), 2)]))
         .await
         .unwrap();
+    assert_funnel_place(store.as_ref(), Some((2, false))).await;
     // A zombie's batch with a third change rolls back: no row.
     let mut third = lead.clone();
     third.stage_history.push(StageTransition {
@@ -607,6 +609,7 @@ async fn stage_transitions_are_rows_written_with_their_batch<S: LeadStore>(
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert_funnel_place(store.as_ref(), Some((2, false))).await;
     let rows = store.transitions(None).await.unwrap();
     type Seen<'a> = (i32, Option<&'a str>, &'a str, i64, Option<&'a str>);
     let seen: Vec<Seen> = rows
@@ -647,9 +650,162 @@ async fn stage_transitions_are_rows_written_with_their_batch<S: LeadStore>(
     // The owner falls back to the lead's when the change names none.
     assert_eq!(rows[3].owner.as_deref(), Some("rep-03"));
     assert!(store.transitions(Some("WEB-8")).await.unwrap().is_empty());
+    assert_funnel_place(store.as_ref(), Some((5, false))).await;
+}
+
+/// The funnel counts of WEB-7 (created at 1_700_000_000_000, the only
+/// lead) over periods of whole days, counted from the day buckets, and over
+/// periods that cut a day, counted lead by lead: `(furthest step, lost)`,
+/// or none for a period it was not created in.
+async fn assert_funnel_place<S: LeadStore>(store: &S, place: Option<(i32, bool)>) {
+    const CREATED: i64 = 1_700_000_000_000;
+    const DAY: i64 = 86_400_000;
+    let day_start = CREATED - CREATED % DAY;
+    let holding = [
+        (i64::MIN, i64::MAX),
+        (day_start, day_start + DAY),
+        (day_start - 3 * DAY, day_start + 2 * DAY),
+        (CREATED, CREATED + 1),
+        (CREATED - 5, day_start + 4 * DAY + 7),
+        (day_start - 2 * DAY + 9, CREATED + 1),
+    ];
+    let not_holding = [
+        (day_start + DAY, i64::MAX),
+        (i64::MIN, day_start),
+        (CREATED + 1, day_start + DAY),
+        (day_start - 2 * DAY + 9, CREATED),
+    ];
+    for (from, until) in holding {
+        let counts: Vec<(i32, bool, i64)> = store
+            .furthest_stages(from, until)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.furthest, c.lost, c.leads))
+            .collect();
+        let expected: Vec<_> = place.into_iter().map(|(f, l)| (f, l, 1)).collect();
+        assert_eq!(counts, expected, "[{from}, {until})");
+    }
+    for (from, until) in not_holding {
+        let counts = store.furthest_stages(from, until).await.unwrap();
+        assert!(counts.is_empty(), "[{from}, {until}): {counts:?}");
+    }
+}
+
+/// Migrations 0011 and 0012 fill the funnel's tables from the transition
+/// rows a store already holds: run again over the same rows, they give the
+/// counts the commit path kept, over whole days and cut ones.
+async fn the_funnel_tables_are_backfilled_from_the_transitions<S: LeadStore>(
+    store: Arc<S>,
+    url: &str,
+) {
+    const DAY: i64 = 86_400_000;
+    let start = 1_700_000_000_000 - 1_700_000_000_000 % DAY;
+    // Twelve leads over four days, each a little further along the funnel.
+    let ladder = [
+        Stage::Contacted,
+        Stage::Qualified,
+        Stage::Proposal,
+        Stage::Negotiation,
+        Stage::ClosedWon,
+    ];
+    let mut leads = Vec::new();
+    for i in 0..12i64 {
+        let mut lead = full_state(&format!("WEB-{i}"));
+        let created = start + (i % 4) * DAY + i * 3_600_000;
+        lead.created_at = Some(created);
+        lead.stage_history.clear();
+        lead.stage = Stage::New;
+        for (k, to) in ladder.iter().take((i % 6) as usize).enumerate() {
+            lead.stage_history.push(StageTransition {
+                from: Some(lead.stage),
+                to: *to,
+                at: created + (k as i64 + 1) * 60_000,
+                owner: None,
+                deal_value: None,
+                event_id: format!("e-{i}-{k}"),
+            });
+            lead.stage = *to;
+        }
+        if i % 5 == 4 {
+            lead.stage_history.push(StageTransition {
+                from: Some(lead.stage),
+                to: Stage::ClosedLost,
+                at: created + DAY,
+                owner: None,
+                deal_value: None,
+                event_id: format!("e-{i}-lost"),
+            });
+            lead.stage = Stage::ClosedLost;
+        }
+        leads.push(lead);
+    }
+    // Half the leads first, created with none of their changes; then every
+    // lead with all of them.
+    let created_only: Vec<LeadState> = leads[..6]
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            l.stage_history.clear();
+            l.stage = Stage::New;
+            l
+        })
+        .collect();
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: created_only.iter().map(|l| LeadWrite::new(l, 0)).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let writes = leads
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut w = LeadWrite::new(l, 0);
+            w.creation_stored = i < 6;
+            w
+        })
+        .collect();
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: writes,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let periods = [
+        (i64::MIN, i64::MAX),
+        (start + DAY, start + 3 * DAY),
+        (start + 2 * 3_600_000, start + 2 * DAY + 5),
+        (start - DAY, start + DAY / 2),
+    ];
+    let mut kept = Vec::new();
+    for (from, until) in periods {
+        kept.push(store.furthest_stages(from, until).await.unwrap());
+    }
+    let all: i64 = kept[0].iter().map(|c| c.leads).sum();
+    assert_eq!(all, 12, "{:?}", kept[0]);
+    assert!(kept[0].iter().any(|c| c.lost), "{:?}", kept[0]);
+    assert!(kept[0].iter().any(|c| c.furthest == 5), "{:?}", kept[0]);
+    for sql in [
+        "DROP TABLE lead_funnel_days",
+        "DROP TABLE lead_funnel",
+        "DELETE FROM _sqlx_migrations WHERE version >= 11",
+    ] {
+        common::execute_sql(url, sql).await;
+    }
+    store.migrate().await.unwrap();
+    for ((from, until), kept) in periods.into_iter().zip(kept) {
+        let backfilled = store.furthest_stages(from, until).await.unwrap();
+        assert_eq!(backfilled, kept, "[{from}, {until})");
+    }
 }
 
 backend_tests!(
+    the_funnel_tables_are_backfilled_from_the_transitions,
     stage_transitions_are_rows_written_with_their_batch,
     forecasts_are_stored_and_queued_once,
     timers_are_found_by_partition_and_fired_once,

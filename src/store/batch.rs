@@ -1,11 +1,17 @@
-//! The one write of the commit path: leads, their stage transitions (and
-//! funnel rows), their
-//! experiment memberships, offsets, forecasts, analytics days and outbox rows in one
-//! transaction.
+//! The one write of the commit path: leads, their stage transitions (with
+//! their places in the funnel and the funnel's day counts), their
+//! experiment memberships, offsets, forecasts, analytics days and outbox
+//! rows in one transaction.
+
+use std::collections::HashMap;
 
 use super::analytics::INSERT_ANALYTICS;
-use super::transitions::{funnel_update, INSERT_TRANSITION, UPSERT_FUNNEL};
+use super::transitions::{
+    select_funnel_places, ADD_TO_FUNNEL_DAY, FUNNEL_PLACES_PER_READ, INSERT_TRANSITION,
+    UPSERT_FUNNEL,
+};
 use super::*;
+use crate::analytics::funnel::{bucket_changes, FunnelPlace};
 
 /// A lead's new state and where it belongs.
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +111,35 @@ store_concern! {
         /// nothing. Fails with [`StoreError::Fenced`] if an offset moved meanwhile.
         async fn commit_batch(&self, batch: &BatchWrite<'_>) -> Result<(), StoreError> {
             let mut tx = self.pool.begin().await?;
-            for write in &batch.leads {
+            let transitions: Vec<Vec<TransitionRow>> = batch
+                .leads
+                .iter()
+                .map(|w| new_transitions(w.state, w.creation_stored, w.stored_changes))
+                .collect();
+            let mut moved: Vec<&str> = batch
+                .leads
+                .iter()
+                .zip(&transitions)
+                .filter(|(_, rows)| !rows.is_empty())
+                .map(|(w, _)| w.state.lead_ext_id.as_str())
+                .collect();
+            moved.sort_unstable();
+            moved.dedup();
+            // The stored places, read once per batch: the day counts move
+            // from them, so they stay right whatever wrote the rows before.
+            let mut stored: HashMap<String, FunnelPlace> = HashMap::new();
+            for leads in moved.chunks(FUNNEL_PLACES_PER_READ) {
+                let sql = select_funnel_places(leads.len());
+                let mut query = sqlx::query_as::<_, (String, Option<i64>, i32, bool)>(&sql);
+                for lead in leads {
+                    query = query.bind(*lead);
+                }
+                for (lead, created_at, furthest, lost) in query.fetch_all(&mut *tx).await? {
+                    stored.insert(lead, FunnelPlace { created_at, furthest, lost });
+                }
+            }
+            let mut places = stored.clone();
+            for (write, transitions) in batch.leads.iter().zip(&transitions) {
                 let lead = write.state;
                 let query = sqlx::query(match write.expect_timer {
                     None => UPSERT_LEAD,
@@ -133,14 +167,16 @@ store_concern! {
                         lead: lead.lead_ext_id.clone(),
                     });
                 }
-                let transitions = new_transitions(lead, write.creation_stored, write.stored_changes);
                 if !transitions.is_empty() {
-                    let (created, furthest, lost) = funnel_update(&transitions);
+                    let place = places
+                        .entry(lead.lead_ext_id.clone())
+                        .or_insert(FunnelPlace::UNSEEN);
+                    *place = place.merge(FunnelPlace::of_rows(transitions));
                     sqlx::query(UPSERT_FUNNEL)
                         .bind(&lead.lead_ext_id)
-                        .bind(created)
-                        .bind(furthest)
-                        .bind(lost)
+                        .bind(place.created_at)
+                        .bind(place.furthest)
+                        .bind(place.lost)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -223,6 +259,17 @@ store_concern! {
                     .bind(&row.payload)
                     .bind(row.source_partition)
                     .bind(row.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Last, in bucket order: the only rows batches of different
+            // partitions share, locked briefly and in one order.
+            for ((day, furthest, lost), change) in bucket_changes(&stored, &places) {
+                sqlx::query(ADD_TO_FUNNEL_DAY)
+                    .bind(day)
+                    .bind(furthest)
+                    .bind(lost)
+                    .bind(change)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -4,7 +4,7 @@
 
 use super::*;
 
-use crate::analytics::funnel::{step_of, FurthestCount};
+use crate::analytics::funnel::{cohort_cover, FurthestCount};
 use crate::core::state::LeadState;
 use crate::events::Stage;
 
@@ -58,30 +58,27 @@ pub(super) const INSERT_TRANSITION: &str = "INSERT INTO lead_transitions
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (lead_ext_id, seq) DO NOTHING";
 
+/// The lead's place as the commit path merged it (`FunnelPlace::merge`
+/// of the stored place and the new rows).
 pub(super) const UPSERT_FUNNEL: &str = "INSERT INTO lead_funnel
     (lead_ext_id, created_at, furthest, lost) VALUES ($1, $2, $3, $4)
     ON CONFLICT (lead_ext_id) DO UPDATE SET
-        created_at = COALESCE(lead_funnel.created_at, excluded.created_at),
-        furthest = CASE WHEN excluded.furthest > lead_funnel.furthest
-            THEN excluded.furthest ELSE lead_funnel.furthest END,
-        lost = lead_funnel.lost OR excluded.lost";
+        created_at = excluded.created_at, furthest = excluded.furthest, lost = excluded.lost";
 
-/// What new transition rows of one lead add to its `lead_funnel` row: the
-/// creation time (if they hold the creation), the furthest funnel step
-/// among them (-1 for none) and whether one is a loss. The upsert keeps the
-/// first creation, the furthest step and any loss, as the rows themselves
-/// are kept (a repeated row is not written again).
-pub fn funnel_update(rows: &[TransitionRow]) -> (Option<i64>, i32, bool) {
-    let created = rows.iter().find(|r| r.seq == 0).map(|r| r.at);
-    let furthest = rows
-        .iter()
-        .filter_map(|r| r.to_stage.parse::<Stage>().ok().and_then(step_of))
-        .max()
-        .map_or(-1, |s| s as i32);
-    let lost = rows
-        .iter()
-        .any(|r| r.to_stage == Stage::ClosedLost.as_str());
-    (created, furthest, lost)
+pub(super) const ADD_TO_FUNNEL_DAY: &str = "INSERT INTO lead_funnel_days
+    (day, furthest, lost, leads) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (day, furthest, lost) DO UPDATE SET leads = lead_funnel_days.leads + excluded.leads";
+
+/// Rows of `lead_funnel` read per statement by the commit path.
+pub(super) const FUNNEL_PLACES_PER_READ: usize = 500;
+
+/// The statement that reads the stored places of `n` leads.
+pub(super) fn select_funnel_places(n: usize) -> String {
+    let list: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT lead_ext_id, created_at, furthest, lost FROM lead_funnel WHERE lead_ext_id IN ({})",
+        list.join(", ")
+    )
 }
 
 store_concern! {
@@ -89,14 +86,28 @@ store_concern! {
     pub trait Transitions {
         /// Leads created in `[from, until)` by the furthest funnel step they
         /// entered and whether they were lost.
+        // Whole days from their buckets, so that the funnel of all time
+        // reads a row per day and bucket, not one per lead; the ends of a
+        // period that are not whole days lead by lead.
         async fn furthest_stages(&self, from: i64, until: i64) -> Result<Vec<FurthestCount>, StoreError> {
+            let cover = cohort_cover(from, until);
             Ok(sqlx::query_as(
-                "SELECT furthest, lost, COUNT(*) AS leads FROM lead_funnel
-                 WHERE created_at >= $1 AND created_at < $2
-                 GROUP BY furthest, lost ORDER BY furthest, lost",
+                "SELECT furthest, lost, CAST(SUM(leads) AS BIGINT) AS leads FROM (
+                     SELECT furthest, lost, leads FROM lead_funnel_days
+                     WHERE day >= $3 AND day < $4
+                     UNION ALL
+                     SELECT furthest, lost, 1 AS leads FROM lead_funnel
+                     WHERE (created_at >= $1 AND created_at < $5)
+                        OR (created_at >= $6 AND created_at < $2)
+                 ) AS cohort
+                 GROUP BY furthest, lost HAVING SUM(leads) > 0 ORDER BY furthest, lost",
             )
             .bind(from)
             .bind(until)
+            .bind(cover.first_day)
+            .bind(cover.end_day)
+            .bind(cover.lo)
+            .bind(cover.hi)
             .fetch_all(&self.pool)
             .await?)
         }
@@ -121,7 +132,7 @@ store_concern! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::funnel::STEPS;
+    use crate::analytics::funnel::{FunnelPlace, STEPS};
 
     /// The migrations fill `lead_funnel` from the rows already stored with
     /// the steps spelled out in SQL: in the order of [`STEPS`].
@@ -156,14 +167,19 @@ mod tests {
                 ..rows_template()
             },
         ];
-        assert_eq!(funnel_update(&rows), (Some(5), 3, false));
-        assert_eq!(funnel_update(&rows[1..]), (None, 3, false));
+        let place = |created_at, furthest, lost| FunnelPlace {
+            created_at,
+            furthest,
+            lost,
+        };
+        assert_eq!(FunnelPlace::of_rows(&rows), place(Some(5), 3, false));
+        assert_eq!(FunnelPlace::of_rows(&rows[1..]), place(None, 3, false));
         let lost = TransitionRow {
             seq: 2,
             to_stage: "closed_lost".into(),
             ..rows_template()
         };
-        assert_eq!(funnel_update(&[lost]), (None, -1, true));
+        assert_eq!(FunnelPlace::of_rows(&[lost]), place(None, -1, true));
     }
 
     fn rows_template() -> TransitionRow {

@@ -394,6 +394,10 @@ pub struct CleanRun {
     /// (lead, event id, to stage, at), and the leads a LeadEvent created.
     pub input_stage_changes: std::collections::BTreeSet<(String, String, String, i64)>,
     pub input_created: std::collections::BTreeSet<String>,
+    /// Worked out from the input alone: the funnel (reached per step, lost)
+    /// of the creation cohorts `[from, until)`: all time, and ten whole
+    /// days in the middle of the stream.
+    pub input_funnels: Vec<(i64, i64, (Vec<i64>, i64))>,
 }
 
 pub async fn clean_run(config: &Config, events: &[leadflow::events::InputEvent]) -> CleanRun {
@@ -503,6 +507,18 @@ pub async fn clean_run_with_model(
             _ => {}
         }
     }
+    let (first, last) = events
+        .iter()
+        .map(|e| e.occurred_at())
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let middle = (first + (last - first) / 2).div_euclid(expected::DAY) * expected::DAY;
+    let input_funnels = [
+        (i64::MIN, i64::MAX),
+        (middle - 5 * expected::DAY, middle + 5 * expected::DAY),
+    ]
+    .into_iter()
+    .map(|(from, until)| (from, until, expected::expected_funnel(events, from, until)))
+    .collect();
     CleanRun {
         states: all_states(&store).await,
         output_ids,
@@ -516,6 +532,7 @@ pub async fn clean_run_with_model(
             .unwrap(),
         input_stage_changes,
         input_created,
+        input_funnels,
     }
 }
 
