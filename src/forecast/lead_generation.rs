@@ -67,8 +67,8 @@ impl Method {
             Method::WeekdayTrend => weekday_trend(history, horizon, 8),
             // A line fitted over a short window follows a change soon but
             // is noisy; over a long one it is steady but late. Their mean
-            // over several windows errs less than the best single window
-            // known only afterwards (Pesaran and Pick, "Forecast
+            // over several windows often errs less than any one of them,
+            // and needs no choice of window (Pesaran and Pick, "Forecast
             // combination across estimation windows", 2011).
             Method::WeekdayTrends => {
                 let mut sum = vec![0.0; horizon];
