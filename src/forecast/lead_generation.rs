@@ -70,17 +70,13 @@ impl Method {
             // over several windows often errs less than any one of them,
             // and needs no choice of window (Pesaran and Pick, "Forecast
             // combination across estimation windows", 2011).
-            Method::WeekdayTrends => {
-                let mut sum = vec![0.0; horizon];
-                for weeks in TREND_WINDOWS_WEEKS {
-                    for (s, p) in sum.iter_mut().zip(weekday_trend(history, horizon, weeks)) {
-                        *s += p.max(0.0);
-                    }
-                }
-                sum.into_iter()
-                    .map(|s| s / TREND_WINDOWS_WEEKS.len() as f64)
-                    .collect()
-            }
+            Method::WeekdayTrends => mean_forecast(
+                horizon,
+                TREND_WINDOWS_WEEKS.map(|weeks| {
+                    let line = weekday_trend(history, horizon, weeks);
+                    line.into_iter().map(|v| v.max(0.0)).collect()
+                }),
+            ),
             Method::HoltWinters => holt_winters(history, horizon, Season::Additive),
             Method::HoltWintersMultiplicative => {
                 holt_winters(history, horizon, Season::Multiplicative)
@@ -88,18 +84,24 @@ impl Method {
             // The mean of several forecasters errs less than most of them on
             // most series (the M-competitions' lesson); it competes like
             // the others, so a series that one of them fits best keeps it.
-            Method::Combined => {
-                let mut sum = vec![0.0; horizon];
-                for method in COMBINED {
-                    for (s, p) in sum.iter_mut().zip(method.predict(history, horizon)) {
-                        *s += p;
-                    }
-                }
-                sum.into_iter().map(|s| s / COMBINED.len() as f64).collect()
-            }
+            Method::Combined => mean_forecast(
+                horizon,
+                COMBINED.map(|method| method.predict(history, horizon)),
+            ),
         };
         forecast.into_iter().map(|v| v.max(0.0)).collect()
     }
+}
+
+/// Day by day, the mean of `N` forecasts of `horizon` days.
+fn mean_forecast<const N: usize>(horizon: usize, forecasts: [Vec<f64>; N]) -> Vec<f64> {
+    let mut sum = vec![0.0; horizon];
+    for forecast in forecasts {
+        for (s, p) in sum.iter_mut().zip(forecast) {
+            *s += p;
+        }
+    }
+    sum.into_iter().map(|s| s / N as f64).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
