@@ -6,7 +6,10 @@ are ordered by close time, the newest 20% are the hold-out, the newest 15% of
 the rest watch early stopping (scikit-learn's own early stopping draws its
 validation rows at random; it has no time-ordered option).
 
-Prints one JSON line: library, roc_auc, log_loss, train_seconds, score_us_per_row.
+Prints one JSON line: library, roc_auc, log_loss, train_seconds,
+score_us_per_row (the hold-out in one call, every core) and
+score_one_thread_us_per_row (the same call on one thread, the anchor for
+leadflow's processor, which scores one row after another on one thread).
 """
 import argparse
 import json
@@ -80,6 +83,17 @@ train_seconds = time.perf_counter() - started
 started = time.perf_counter()
 p = model.predict_proba(X_test)[:, 1]
 score_seconds = time.perf_counter() - started
+
+from threadpoolctl import threadpool_limits
+
+# LightGBM takes its thread count per call; scikit-learn's OpenMP loops
+# follow threadpoolctl's limit.
+one_thread = {"num_threads": 1} if args.lib == "lightgbm" else {}
+with threadpool_limits(limits=1):
+    started = time.perf_counter()
+    p_one = model.predict_proba(X_test, **one_thread)[:, 1]
+    one_thread_seconds = time.perf_counter() - started
+assert np.allclose(p, p_one)
 print(json.dumps({
     "library": args.lib,
     "rows": n,
@@ -87,4 +101,5 @@ print(json.dumps({
     "log_loss": log_loss(y_test, np.clip(p, 1e-15, 1 - 1e-15)),
     "train_seconds": train_seconds,
     "score_us_per_row": score_seconds / len(p) * 1e6,
+    "score_one_thread_us_per_row": one_thread_seconds / len(p) * 1e6,
 }))

@@ -227,7 +227,19 @@ impl Encoder {
     }
 
     pub fn encode(&self, row: &[FeatureValue]) -> Vec<f64> {
-        let codes = self.codes.get_or_init(|| {
+        let codes = self.codes();
+        (0..row.len()).map(|i| encode_one(codes, row, i)).collect()
+    }
+
+    /// Feature `i` of `row` as [`Encoder::encode`] would give it, for
+    /// callers that read only some features.
+    pub fn value_reader<'r>(&'r self, row: &'r [FeatureValue]) -> impl Fn(usize) -> f64 + 'r {
+        let codes = self.codes();
+        move |i| encode_one(codes, row, i)
+    }
+
+    fn codes(&self) -> &[FxHashMap<String, usize>] {
+        self.codes.get_or_init(|| {
             self.categories
                 .iter()
                 .map(|names| {
@@ -238,21 +250,20 @@ impl Encoder {
                         .collect()
                 })
                 .collect()
-        });
-        row.iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                FeatureValue::Number(x) if x.is_finite() => *x,
-                FeatureValue::Number(_) => f64::NAN,
-                FeatureValue::Category(Some(c)) => {
-                    codes[i].get(c.as_str()).map_or(f64::NAN, |p| *p as f64)
-                }
-                FeatureValue::Category(None) => f64::NAN,
-            })
-            .collect()
+        })
     }
 
     pub fn kinds(&self) -> Vec<ColumnKind> {
         self.features.iter().map(|f| f.kind).collect()
+    }
+}
+
+#[inline(always)]
+fn encode_one(codes: &[FxHashMap<String, usize>], row: &[FeatureValue], i: usize) -> f64 {
+    match &row[i] {
+        FeatureValue::Number(x) if x.is_finite() => *x,
+        FeatureValue::Number(_) => f64::NAN,
+        FeatureValue::Category(Some(c)) => codes[i].get(c.as_str()).map_or(f64::NAN, |p| *p as f64),
+        FeatureValue::Category(None) => f64::NAN,
     }
 }

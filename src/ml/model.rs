@@ -49,7 +49,15 @@ impl TrainedModel {
         }
     }
 
+    /// The same bits as [`TrainedModel::probability_encoded`] of the encoded
+    /// row; gradient boosting (without a linear start) reads only the
+    /// features its trees split on, straight from `values`.
     pub fn probability(&self, values: &[FeatureValue]) -> f64 {
+        if let Learner::GradientBoosting(b) = &self.learner {
+            if let Some(margin) = b.margin_of_features(self.encoder.value_reader(values)) {
+                return crate::ml::table::sigmoid(margin);
+            }
+        }
         self.probability_encoded(&self.encoder.encode(values))
     }
 

@@ -678,4 +678,35 @@ mod tests {
         assert_eq!(outcome.params, config.params_json());
         assert_eq!(outcome.window, (0, 639));
     }
+
+    #[test]
+    fn scoring_from_feature_values_gives_the_bits_of_the_encoded_row() {
+        let config = TrainingConfig {
+            cross_validation_max_rows: 0,
+            ..TrainingConfig::default()
+        };
+        let model = train(&dataset(800, true), &config, &NoProgress)
+            .unwrap()
+            .model;
+        let crate::ml::model::Learner::GradientBoosting(booster) = &model.learner else {
+            panic!("the default learner is gradient boosting");
+        };
+        // Only a booster without a linear start reads the values directly.
+        assert!(booster.linear.is_none());
+        let rows = [
+            vec![FeatureValue::Number(0.3), FeatureValue::Category(Some("b".into()))],
+            vec![FeatureValue::Number(-0.9), FeatureValue::Category(Some("a".into()))],
+            vec![FeatureValue::Number(f64::NAN), FeatureValue::Category(None)],
+            vec![FeatureValue::Number(f64::INFINITY), FeatureValue::Category(Some("unseen".into()))],
+            vec![FeatureValue::Number(7.0), FeatureValue::Category(Some("c".into()))],
+        ];
+        let mut distinct = std::collections::BTreeSet::new();
+        for row in &rows {
+            let encoded = model.encoder.encode(row);
+            let direct = model.probability(row);
+            assert_eq!(direct.to_bits(), model.probability_encoded(&encoded).to_bits(), "{row:?}");
+            distinct.insert(direct.to_bits());
+        }
+        assert!(distinct.len() >= 3, "the rows should score apart: {distinct:?}");
+    }
 }

@@ -100,7 +100,20 @@ impl Booster {
     }
 
     pub fn margin(&self, row: &[f64]) -> f64 {
-        self.start(row) + self.compiled.get(&self.trees).sum(&self.binner, row)
+        self.start(row) + self.trees_sum(|f| row[f])
+    }
+
+    /// The margin of a row whose features are read one at a time, only
+    /// those some tree splits on, without the row ever being built; `None`
+    /// for a booster with a linear start, which reads every feature.
+    pub fn margin_of_features(&self, value_of: impl Fn(usize) -> f64) -> Option<f64> {
+        self.linear
+            .is_none()
+            .then(|| self.base_margin + self.trees_sum(value_of))
+    }
+
+    fn trees_sum(&self, value_of: impl Fn(usize) -> f64) -> f64 {
+        self.compiled.get(&self.trees, &self.binner).sum(value_of)
     }
 
     /// The margin of the model cut to its first `trees` trees.
@@ -127,8 +140,8 @@ impl Booster {
             + linear_bias
             + self
                 .compiled
-                .get(&self.trees)
-                .attribute(&self.binner, row, contributions)
+                .get(&self.trees, &self.binner)
+                .attribute(|f| row[f], contributions)
     }
 }
 

@@ -1,25 +1,31 @@
 //! An ensemble compiled for scoring one row at a time, the processor's and
-//! `model score`'s case. The row is binned once by the training binner (a
-//! threshold split on a value is the same split on its bin); all trees'
-//! nodes sit in one array of 20-byte nodes; every node, a leaf too, computes
-//! left-or-right from the row's bin without a branch (a leaf's children are
-//! itself), and the trees are walked eight at a time in lockstep for the
-//! depth of the deepest of the eight, so the eight chains of loads overlap
-//! instead of waiting on each other.
+//! `model score`'s case. All trees' nodes sit in one array of 24-byte
+//! nodes; every node, a leaf too, computes left-or-right without a branch (a
+//! leaf's children are itself), and the trees are walked eight at a time in
+//! lockstep for the depth of the deepest of the eight, so the eight chains
+//! of loads overlap instead of waiting on each other. Numbers are compared
+//! with the split's raw threshold, as [`Tree::predict`] does, so a row is
+//! not binned first (a binary search over up to 254 edges per feature);
+//! categories are read as their bin.
 
-use super::binning::Binner;
+use super::binning::{category_bin, Binner};
 use super::tree::{in_set, SplitRule, Tree};
 use crate::ml::derived::Derived;
+use crate::ml::table::ColumnKind;
 
 /// Trees walked together.
 const LANES: usize = 8;
 
 #[derive(Clone, Copy)]
-struct BinNode {
+struct CompiledNode {
+    /// Left when the number is not above this (so a missing number goes
+    /// left); -inf for categorical splits and leaves, which no row's number
+    /// is at or below.
+    threshold: f64,
+    /// Index into the row's used features.
     feature: u32,
-    /// Left when the bin is at most this (-1 for categorical splits and leaves).
-    threshold: i32,
-    /// Left when the bin is in this set (0, the empty set, for threshold splits).
+    /// Left when the category's bin is in this set (0, the empty set, for
+    /// threshold splits).
     set: u32,
     /// Left child, then right; a leaf's are itself.
     children: [u32; 2],
@@ -27,25 +33,47 @@ struct BinNode {
 
 pub(super) struct CompiledTrees {
     /// Node 0 is a leaf worth 0 that pads the last group to eight trees.
-    nodes: Vec<BinNode>,
+    nodes: Vec<CompiledNode>,
     values: Vec<f64>,
     sets: Vec<[u64; 4]>,
     roots: Vec<u32>,
     /// Per group of eight trees, the depth of its deepest.
     group_depths: Vec<usize>,
-    /// The features some tree splits on, the only ones a row needs binned.
+    /// The features some tree splits on, the only ones a row needs read; a
+    /// node's `feature` indexes this list.
     used_features: Vec<usize>,
+    /// Per used feature, whether it is a category (read as its bin).
+    categorical: Vec<bool>,
 }
 
-/// Rows this wide are binned on the stack; wider ones (rare: a feature per
-/// column of a wide CSV) on the heap.
+/// Rows with this many used features are read onto the stack; more (rare: a
+/// feature per column of a wide CSV) onto the heap.
 const STACK_FEATURES: usize = 256;
 
+/// A row as the walk reads it, by used feature: a number (0 for a
+/// category), and a category's bin (0 for a number).
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    numbers: &'a [f64],
+    bins: &'a [u8],
+}
+
 impl CompiledTrees {
-    pub(super) fn new(trees: &[Tree]) -> CompiledTrees {
-        let leaf = |at: u32| BinNode {
+    pub(super) fn new(trees: &[Tree], binner: &Binner) -> CompiledTrees {
+        let mut used_features: Vec<usize> = trees
+            .iter()
+            .flat_map(|t| &t.nodes)
+            .filter_map(|n| n.split.as_ref().map(|s| s.feature as usize))
+            .collect();
+        used_features.sort_unstable();
+        used_features.dedup();
+        let mut dense = vec![0u32; used_features.last().map_or(0, |f| f + 1)];
+        for (i, &f) in used_features.iter().enumerate() {
+            dense[f] = i as u32;
+        }
+        let leaf = |at: u32| CompiledNode {
+            threshold: f64::NEG_INFINITY,
             feature: 0,
-            threshold: -1,
             set: 0,
             children: [at; 2],
         };
@@ -62,15 +90,15 @@ impl CompiledTrees {
                     None => leaf(offset + i as u32),
                     Some(split) => {
                         let (threshold, set) = match &split.rule {
-                            SplitRule::Threshold { bin, .. } => (*bin as i32, 0),
+                            SplitRule::Threshold { value, .. } => (*value, 0),
                             SplitRule::Categories { bins } => {
                                 sets.push(*bins);
-                                (-1, sets.len() as u32 - 1)
+                                (f64::NEG_INFINITY, sets.len() as u32 - 1)
                             }
                         };
-                        BinNode {
-                            feature: split.feature,
+                        CompiledNode {
                             threshold,
+                            feature: dense[split.feature as usize],
                             set,
                             children: [offset + split.left, offset + split.right],
                         }
@@ -83,13 +111,10 @@ impl CompiledTrees {
             .map(|group| group.iter().map(Tree::depth).max().unwrap_or(0))
             .collect();
         roots.resize(trees.len().next_multiple_of(LANES), 0);
-        let mut used_features: Vec<usize> = trees
+        let categorical = used_features
             .iter()
-            .flat_map(|t| &t.nodes)
-            .filter_map(|n| n.split.as_ref().map(|s| s.feature as usize))
+            .map(|&f| binner.kinds[f] == ColumnKind::Categorical)
             .collect();
-        used_features.sort_unstable();
-        used_features.dedup();
         CompiledTrees {
             nodes,
             values,
@@ -97,34 +122,51 @@ impl CompiledTrees {
             roots,
             group_depths,
             used_features,
+            categorical,
         }
     }
 
-    /// Calls `walk_bins` with the row's bins; features no tree splits on are
-    /// left at 0 (no node reads them). Scoring runs once per event, so the
-    /// bins live on the stack rather than in a fresh allocation.
+    /// Calls `walk_row` with the used features read by `value_of(feature)`:
+    /// numbers as they are, categories as their bin (0 when missing). Scoring
+    /// runs once per event, so the row lives on the stack rather than in a
+    /// fresh allocation.
     #[inline(always)]
-    fn with_bins<T>(&self, binner: &Binner, row: &[f64], walk_bins: impl FnOnce(&[u8]) -> T) -> T {
-        let mut stack = [0u8; STACK_FEATURES];
-        let mut heap = Vec::new();
-        let bins: &mut [u8] = if row.len() <= STACK_FEATURES {
-            &mut stack[..row.len()]
+    fn with_row<T>(
+        &self,
+        value_of: impl Fn(usize) -> f64,
+        walk_row: impl FnOnce(Row<'_>) -> T,
+    ) -> T {
+        let used = self.used_features.len();
+        let mut stack_numbers = [0f64; STACK_FEATURES];
+        let mut stack_bins = [0u8; STACK_FEATURES];
+        let (mut heap_numbers, mut heap_bins) = (Vec::new(), Vec::new());
+        let (numbers, bins): (&mut [f64], &mut [u8]) = if used <= STACK_FEATURES {
+            (&mut stack_numbers[..used], &mut stack_bins[..used])
         } else {
-            heap.resize(row.len(), 0);
-            &mut heap
+            heap_numbers.resize(used, 0.0);
+            heap_bins.resize(used, 0);
+            (&mut heap_numbers, &mut heap_bins)
         };
-        for &f in &self.used_features {
-            bins[f] = binner.bin(f, row[f]);
+        for (i, (&f, &categorical)) in self.used_features.iter().zip(&self.categorical).enumerate() {
+            let v = value_of(f);
+            if categorical {
+                // The number stays 0, above a set node's -inf threshold.
+                bins[i] = if v.is_nan() { 0 } else { category_bin(v) };
+            } else {
+                numbers[i] = v;
+            }
         }
-        walk_bins(bins)
+        walk_row(Row { numbers, bins })
     }
 
     #[inline(always)]
-    fn step(&self, at: u32, bins: &[u8]) -> u32 {
+    fn step(&self, at: u32, row: Row<'_>) -> u32 {
         let node = &self.nodes[at as usize];
-        let b = bins[node.feature as usize];
-        let left =
-            ((b as i32) <= node.threshold) as usize | in_set(&self.sets[node.set as usize], b);
+        let i = node.feature as usize;
+        // `!(v > t)`: also true for a missing number, which goes left. A
+        // number's bin is 0, tested against the empty set.
+        let left = (!(row.numbers[i] > node.threshold)) as usize
+            | in_set(&self.sets[node.set as usize], row.bins[i]);
         node.children[1 - left]
     }
 
@@ -133,7 +175,7 @@ impl CompiledTrees {
     #[inline(always)]
     fn walk(
         &self,
-        bins: &[u8],
+        row: Row<'_>,
         mut on_step: impl FnMut(u32, u32),
         mut visit: impl FnMut(&[u32; LANES]),
     ) {
@@ -141,7 +183,7 @@ impl CompiledTrees {
             let mut at: [u32; LANES] = std::array::from_fn(|l| self.roots[group * LANES + l]);
             for _ in 0..*depth {
                 for at in at.iter_mut() {
-                    let next = self.step(*at, bins);
+                    let next = self.step(*at, row);
                     on_step(*at, next);
                     *at = next;
                 }
@@ -152,11 +194,11 @@ impl CompiledTrees {
 
     /// The trees' predictions summed in tree order (the same bits as
     /// summing [`Tree::predict`] one tree after another).
-    pub(super) fn sum(&self, binner: &Binner, row: &[f64]) -> f64 {
-        self.with_bins(binner, row, |bins| {
+    pub(super) fn sum(&self, value_of: impl Fn(usize) -> f64) -> f64 {
+        self.with_row(value_of, |row| {
             let mut total = 0.0;
             self.walk(
-                bins,
+                row,
                 |_, _| {},
                 |leaves| {
                     for leaf in leaves {
@@ -171,14 +213,18 @@ impl CompiledTrees {
     /// Adds the value change at every split on each tree's path to the
     /// split's feature and returns the sum of the root values, so that the
     /// two add up to [`CompiledTrees::sum`] (up to rounding).
-    pub(super) fn attribute(&self, binner: &Binner, row: &[f64], contributions: &mut [f64]) -> f64 {
+    pub(super) fn attribute(
+        &self,
+        value_of: impl Fn(usize) -> f64,
+        contributions: &mut [f64],
+    ) -> f64 {
         // Padding roots are node 0, worth 0.
         let bias = self.roots.iter().map(|&r| self.values[r as usize]).sum();
-        self.with_bins(binner, row, |bins| {
+        self.with_row(value_of, |row| {
             self.walk(
-                bins,
+                row,
                 |from, to| {
-                    let feature = self.nodes[from as usize].feature as usize;
+                    let feature = self.used_features[self.nodes[from as usize].feature as usize];
                     // A leaf steps to itself: the change is exactly 0.
                     contributions[feature] += self.values[to as usize] - self.values[from as usize];
                 },
@@ -193,7 +239,7 @@ impl CompiledTrees {
 pub(super) type CompiledCache = Derived<CompiledTrees>;
 
 impl CompiledCache {
-    pub(super) fn get(&self, trees: &[Tree]) -> &CompiledTrees {
-        self.get_or_init(|| CompiledTrees::new(trees))
+    pub(super) fn get(&self, trees: &[Tree], binner: &Binner) -> &CompiledTrees {
+        self.get_or_init(|| CompiledTrees::new(trees, binner))
     }
 }

@@ -58,7 +58,8 @@ pub struct Forest {
 impl Forest {
     /// The trees' mean leaf value, before calibration.
     pub fn raw_probability(&self, row: &[f64]) -> f64 {
-        self.compiled.get(&self.trees).sum(&self.binner, row) / self.trees.len().max(1) as f64
+        self.compiled.get(&self.trees, &self.binner).sum(|f| row[f])
+            / self.trees.len().max(1) as f64
     }
 
     pub fn probability(&self, row: &[f64]) -> f64 {
@@ -72,8 +73,8 @@ impl Forest {
         let mut own = vec![0.0; contributions.len()];
         let bias = self
             .compiled
-            .get(&self.trees)
-            .attribute(&self.binner, row, &mut own);
+            .get(&self.trees, &self.binner)
+            .attribute(|f| row[f], &mut own);
         for (c, o) in contributions.iter_mut().zip(own) {
             *c += o * scale;
         }
