@@ -4,7 +4,9 @@
 //! in order with the lead's other events, exactly once (`core::apply`), and
 //! the request is audited. An export (`leadflow export`,
 //! `GET /api/v1/leads/{id}/export`) gathers what the store holds about a
-//! lead into one document, audited too. docs/GDPR.md says what each covers.
+//! lead into one document, audited too. Retention (`pipeline::retention`)
+//! asks for its erasures the same way; [`shredding`] is the encryption of
+//! outbound messages under per-lead keys. docs/GDPR.md says what each covers.
 
 pub mod shredding;
 
