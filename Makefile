@@ -75,7 +75,7 @@ test-venv: $(TEST_VENV)/.installed-v2
 test: broker postgres test-venv
 	@# The benchmark's smoke run first (cargo test passes no --bench), so
 	@# that the test suite's own summary closes the output.
-	$(CARGO) test --bench throughput --bench models --bench nurture --bench notify --bench forecast
+	$(CARGO) test --bench throughput --bench models --bench nurture --bench notify --bench forecast --bench gdpr
 	$(CARGO) test --lib --bins --tests -- --test-threads 4
 
 # Python side of the model benchmark: scikit-learn and LightGBM in a venv of
@@ -97,6 +97,7 @@ bench: broker postgres $(BENCH_VENV)/.installed-v3
 	$(CARGO) bench --bench api
 	$(CARGO) bench --bench nurture
 	$(CARGO) bench --bench notify
+	$(CARGO) bench --bench gdpr
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python LEADFLOW_BENCH_GBC_MAX_ROWS=$(BENCH_GBC_MAX_ROWS) \
 		$(CARGO) bench --bench models -- --rows $(BENCH_MODEL_ROWS)
 	LEADFLOW_BENCH_PYTHON=$(BENCH_VENV)/bin/python $(CARGO) bench --bench models -- --small

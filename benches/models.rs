@@ -53,6 +53,7 @@ fn dataset(leads: u32, scoring: &ScoringConfig) -> Dataset {
         model: None,
         nurture: None,
         forecast_slots: None,
+        recreate_after_erasure: false,
     };
     let examples = (0..leads)
         .into_par_iter()

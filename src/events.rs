@@ -74,8 +74,9 @@ macro_rules! string_enum {
 pub(crate) use string_enum;
 
 string_enum!(
-    /// Whether a LeadEvent introduces a lead or changes one.
-    LeadEventKind { Created => "created", Updated => "updated" }
+    /// Whether a LeadEvent introduces a lead, changes one, or erases it
+    /// (GDPR: its other fields are ignored; see docs/GDPR.md).
+    LeadEventKind { Created => "created", Updated => "updated", Erased => "erased" }
 );
 
 string_enum!(
@@ -460,7 +461,21 @@ impl InputStream {
     }
 }
 
+/// On an erasure, the attribute that makes it conditional: the lead is
+/// erased only if no event of it is later than this time (epoch millis).
+/// Retention sets it, so that a lead active again by the time its erasure
+/// is applied is kept.
+pub const ERASE_IF_INACTIVE_SINCE: &str = "erase_if_inactive_since";
+
 impl LeadEvent {
+    /// The erasure of lead `lead_ext_id` as of `occurred_at`.
+    pub fn erasure(event_id: String, lead_ext_id: String, occurred_at: Millis) -> Self {
+        LeadEvent {
+            kind: LeadEventKind::Erased,
+            ..LeadEvent::update(event_id, lead_ext_id, occurred_at)
+        }
+    }
+
     /// An update of lead `lead_ext_id` that changes nothing yet: the fields
     /// it carries are set on the result (an absent field keeps its value).
     pub fn update(event_id: String, lead_ext_id: String, occurred_at: Millis) -> Self {
@@ -512,6 +527,15 @@ impl InputEvent {
             InputEvent::StageChange(e) => &e.lead_ext_id,
             InputEvent::Delivery(e) => &e.lead_ext_id,
         }
+    }
+
+    /// Whether the event's time moves its partition's event-time clock. An
+    /// erasure does not: it is a request made when it was made, not
+    /// something the lead did in the stream's time, and on a replayed or
+    /// simulated stream its wall-clock time would fire every timer of the
+    /// partition at once.
+    pub fn moves_stream_time(&self) -> bool {
+        !matches!(self, InputEvent::Lead(e) if e.kind == LeadEventKind::Erased)
     }
 
     pub fn occurred_at(&self) -> Millis {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod core;
 pub mod events;
 pub mod forecast;
+pub mod gdpr;
 pub mod import;
 pub mod kafka;
 pub mod metrics;

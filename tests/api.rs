@@ -192,7 +192,8 @@ async fn serves_the_processors_leads_with_keys_scopes_and_limits<S: LeadStore>(
         assert!(detail.contains("API key"), "{method} {path}: {detail}");
         let needs = match (method.as_str(), path.as_str()) {
             ("POST", "/events") => Some("write"),
-            ("POST", _) => Some("admin"),
+            ("POST", _) | ("DELETE", _) => Some("admin"),
+            ("GET", p) if p.ends_with("/export") => Some("admin"),
             _ => None,
         };
         if let Some(scope) = needs {
@@ -385,6 +386,209 @@ async fn serves_the_processors_leads_with_keys_scopes_and_limits<S: LeadStore>(
     assert!(view["score"]["final_score"].as_f64().is_some(), "{view}");
     let timeline = api.get("/leads/API-1/timeline", &read).await;
     assert_eq!(timeline[0]["kind"], "created", "{timeline}");
+
+    // Erasure: not through POST /events with a write key, only by DELETE
+    // with an admin key; the lead is then gone, its key tombstoned on the
+    // scores topic, and both the request and its application audited.
+    let mut erasure = event.clone();
+    erasure["kind"] = "erased".into();
+    erasure["event_id"] = "API-1-erase-by-write".into();
+    let response = post(serde_json::json!({"type": "lead", "event": erasure})).await;
+    let detail = api.problem(response, 403).await;
+    assert!(detail.contains("admin"), "{detail}");
+    let response = api
+        .call(
+            reqwest::Method::DELETE,
+            "/leads/API-1?reason=ticket%2042",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(accepted["known"], true, "{accepted}");
+    assert!(accepted["already_erased_at"].is_null(), "{accepted}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = api
+            .call(reqwest::Method::GET, "/leads/API-1", Some(&read), None)
+            .await;
+        if response.status() == 410 {
+            let detail = api.problem(response, 410).await;
+            assert!(detail.contains("erased"), "{detail}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the erasure was never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tombstone = store.get_lead("API-1").await.unwrap().unwrap();
+    assert!(tombstone.email.is_none() && tombstone.erased_at.is_some());
+    let audit = store.audit_of("API-1").await.unwrap();
+    // A key is lf_<id>_<secret>.
+    let admin_id = admin.split('_').nth(1).unwrap();
+    let lines: Vec<(&str, &str, Option<&str>)> = audit
+        .iter()
+        .map(|a| (a.action.as_str(), a.actor.as_str(), a.reason.as_deref()))
+        .collect();
+    assert!(
+        lines.contains(&("erase_requested", admin_id, Some("ticket 42")))
+            && lines.contains(&("erased", "processor", None)),
+        "{audit:?} (admin key {admin_id})"
+    );
+    assert!(audit
+        .iter()
+        .all(|a| a.event_id == accepted["event_id"].as_str().map(String::from)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let tombstones = common::read_topic(&config, &config.topics.scores)
+            .into_iter()
+            .filter(|m| m.key.as_deref() == Some(b"API-1".as_slice()) && m.payload.is_none())
+            .count();
+        if tombstones == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tombstone for API-1 on the scores topic"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // `leadflow erase` on a lead of the stream; then its creation again
+    // under a new event id (as a re-import would send it) is dropped.
+    let created = events
+        .iter()
+        .find_map(|e| match e {
+            InputEvent::Lead(l) => Some(l.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let id = created.lead_ext_id.clone();
+    assert!(store.get_lead(&id).await.unwrap().unwrap().email.is_some());
+    let config_path = dir.path().join("leadflow.toml");
+    let out = run_cli(
+        url,
+        &[
+            "--config",
+            config_path.to_str().unwrap(),
+            "erase",
+            &id,
+            "--reason",
+            "by cli",
+        ],
+    );
+    let (stdout, stderr) = common::output_text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("erasure of"), "{stdout}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .get_lead(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .erased_at
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the CLI's erasure was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reimported = LeadEvent {
+        event_id: format!("{}-reimported", created.event_id),
+        ..created
+    };
+    leadflow::kafka::publish_inputs(
+        &config,
+        &Codec::new(None),
+        &[InputEvent::Lead(reimported)],
+        leadflow::kafka::InputFormat::Avro,
+        0,
+    )
+    .await
+    .unwrap();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("leadflow_events_dropped_erased_total 1") {
+            assert!(text.contains("leadflow_gdpr_erasures_total 2"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the re-import was not dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = store.get_lead(&id).await.unwrap().unwrap();
+    assert!(
+        state.erased_at.is_some() && state.email.is_none(),
+        "{state:?}"
+    );
+    let audit = store.audit_of(&id).await.unwrap();
+    assert!(
+        audit[0].action == "erase_requested"
+            && audit[0].actor.starts_with("cli:")
+            && audit[0].reason.as_deref() == Some("by cli"),
+        "{audit:?}"
+    );
+
+    // Export: a live lead's document holds its contact data, consent ledger
+    // and messages; an erased lead's only its tombstone; both audited.
+    let live = events
+        .iter()
+        .filter_map(|e| match e {
+            InputEvent::Lead(l) if l.lead_ext_id != id && l.email.is_some() => Some(l),
+            _ => None,
+        })
+        .next()
+        .unwrap();
+    let document = api
+        .get(&format!("/leads/{}/export", live.lead_ext_id), &admin)
+        .await;
+    assert_eq!(
+        document["state"]["email"].as_str(),
+        live.email.as_deref(),
+        "{document}"
+    );
+    assert!(
+        !document["state"]["consent_ledger"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{document}"
+    );
+    assert!(document["messages"].is_array(), "{document}");
+    assert_eq!(document["audit"][0]["action"], "exported", "{document}");
+    let out = run_cli(
+        url,
+        &["--config", config_path.to_str().unwrap(), "export", &id],
+    );
+    let (stdout, stderr) = common::output_text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let erased: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(erased["state"]["erased_at"].as_i64().is_some(), "{erased}");
+    assert!(erased["state"]["email"].is_null(), "{erased}");
+    let actions: Vec<&str> = erased["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["erase_requested", "erased", "exported"]);
+    let response = api
+        .call(
+            reqwest::Method::GET,
+            "/leads/nobody/export",
+            Some(&admin),
+            None,
+        )
+        .await;
+    api.problem(response, 404).await;
 
     // Over the write key's rate (burst 7, one per two seconds): 429 with
     // Retry-After, and the budget in headers.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["events", "metrics", "retry"],
     &["codec", "templates", "testing"],
+    &["gdpr::shredding"],
     &["core::ids", "core::slots"],
     &["core::rules"],
     &["core::state"],
@@ -29,6 +30,7 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["registry"],
     &["kafka"],
+    &["gdpr"],
     &["pipeline", "notify"],
     &["import", "simulate"],
     &["api"],

@@ -335,6 +335,19 @@ async fn providers_are_called_as_documented_and_their_answers_honoured<S: LeadSt
         ],
     )
     .await;
+    // L-GONE was erased after its message was published: only its
+    // tombstone is left.
+    let mut gone = LeadState::new("L-GONE");
+    gone.email = Some("gone@example.com".into());
+    let gone = gone.tombstone(2);
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: &config.kafka.group_id,
+            leads: vec![LeadWrite::new(&gone, 0)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let ok = message("L-OK", Channel::Email, "ana@example.com", "premium_welcome");
     let sms = message("L-SMS", Channel::Sms, "+15550002", "high_priority_followup");
     let limited = message(
@@ -552,7 +565,7 @@ async fn providers_are_called_as_documented_and_their_answers_honoured<S: LeadSt
     );
     assert_eq!(
         status(&erased)[0].2.as_deref(),
-        Some("dropped: lead not found (erased)")
+        Some("dropped: lead erased (GDPR)")
     );
     // Every DeliveryEvent id is deterministic: one per message and outcome.
     let ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
@@ -824,17 +837,8 @@ backend_tests!(sigkill_mid_stream_sends_every_message_once);
 
 /// The whole loop: the processor fires a nurturing step, the worker sends
 /// it, and its DeliveryEvent comes back to the processor and updates the lead.
-async fn a_processor_message_is_sent_and_its_delivery_reaches_the_lead<S: LeadStore + 'static>(
-    store: Arc<S>,
-    url: &str,
-) {
-    use leadflow::events::{Consent, InputEvent, InteractionEvent, InteractionKind, LeadEvent};
-    const DAY: i64 = 86_400_000;
-    let now = leadflow::core::clock::wall_clock_millis();
-    let t0 = now - 3 * DAY;
-    let (fake, provider_url) = start_fake().await;
-    let mut config = notify_config(url, &provider_url);
-    // Every email template of the built-in sequences.
+/// A SendGrid template id for every email template of the built-in sequences.
+fn map_every_email_template(config: &mut Config) {
     for template in [
         "premium_welcome",
         "premium_value_prop",
@@ -857,6 +861,19 @@ async fn a_processor_message_is_sent_and_its_delivery_reaches_the_lead<S: LeadSt
             .templates
             .insert(template.into(), format!("d-{template}"));
     }
+}
+
+async fn a_processor_message_is_sent_and_its_delivery_reaches_the_lead<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    use leadflow::events::{Consent, InputEvent, InteractionEvent, InteractionKind, LeadEvent};
+    const DAY: i64 = 86_400_000;
+    let now = leadflow::core::clock::wall_clock_millis();
+    let t0 = now - 3 * DAY;
+    let (fake, provider_url) = start_fake().await;
+    let mut config = notify_config(url, &provider_url);
+    map_every_email_template(&mut config);
     leadflow::kafka::create_topics(&config).await.unwrap();
     let lead = "E2E-1";
     let events = vec![
@@ -1102,3 +1119,448 @@ async fn hostile_messages_never_stall_or_crash_the_worker<S: LeadStore + 'static
 }
 
 backend_tests!(hostile_messages_never_stall_or_crash_the_worker);
+
+/// Crypto-shredding end to end: with `gdpr.encryption` on, the messages on
+/// the topic carry no address or name, the worker sends the plain ones to
+/// the provider, and once a lead is erased its message already on the topic
+/// can no longer be opened and is dropped.
+async fn encrypted_messages_are_sent_in_clear_and_shredded_by_erasure<S: LeadStore + 'static>(
+    store: Arc<S>,
+    url: &str,
+) {
+    use base64::Engine;
+    use leadflow::events::{InputEvent, InteractionEvent, InteractionKind, LeadEvent};
+    use leadflow::gdpr::shredding::{decrypt_message, is_encrypted, ShreddingError};
+    use leadflow::gdpr::{request_erasure, ErasureRequest};
+    const DAY: i64 = 86_400_000;
+    let now = leadflow::core::clock::wall_clock_millis();
+    let t0 = now - 3 * DAY;
+    let (fake, provider_url) = start_fake().await;
+    let mut config = notify_config(url, &provider_url);
+    config
+        .notify
+        .sendgrid
+        .templates
+        .insert("high_priority_welcome".into(), "d-hp-welcome".into());
+    config.gdpr.encryption.enabled = true;
+    config.gdpr.encryption.master_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    let mut events = Vec::new();
+    for (lead, email) in [
+        ("ENC-KEPT", "kept@example.com"),
+        ("ENC-GONE", "gone@example.com"),
+    ] {
+        events.push(InputEvent::Lead(LeadEvent {
+            event_id: format!("{lead}-created"),
+            email: Some(email.into()),
+            first_name: Some("Noa".into()),
+            initial_score: Some(70.0),
+            ..lead_created(lead, t0)
+        }));
+        // Moves the partition's event-time clock past the day-1 step.
+        events.push(InputEvent::Interaction(InteractionEvent {
+            event_id: format!("{lead}-visit"),
+            ..interaction(lead, 0, InteractionKind::WebVisit, now - 60_000, "web")
+        }));
+    }
+    leadflow::kafka::publish_inputs(
+        &config,
+        &Codec::new(None),
+        &events,
+        leadflow::kafka::InputFormat::Avro,
+        0,
+    )
+    .await
+    .unwrap();
+    let (pipeline, _) = spawn_pipeline(&config, store.clone(), Duration::from_secs(5));
+    pipeline.await.unwrap().unwrap();
+
+    // On the topic: ids in clear, the address and the name not.
+    let raw = read_topic(&config, &config.topics.outbound);
+    assert!(raw.len() >= 2, "{} messages", raw.len());
+    for m in &raw {
+        let bytes = m.payload.as_deref().unwrap();
+        for personal in ["kept@example.com", "gone@example.com", "Noa"] {
+            assert!(
+                !bytes
+                    .windows(personal.len())
+                    .any(|w| w == personal.as_bytes()),
+                "{personal} readable on the topic"
+            );
+        }
+    }
+    let published = published_messages(&config).await;
+    assert!(published.iter().all(is_encrypted));
+    let gone = published
+        .iter()
+        .find(|m| m.lead_ext_id == "ENC-GONE")
+        .unwrap()
+        .clone();
+
+    // Erase ENC-GONE and let the processor apply it.
+    let producer = leadflow::kafka::producer(&config.kafka).unwrap();
+    let request = ErasureRequest {
+        lead_ext_id: "ENC-GONE",
+        actor: "test",
+        reason: None,
+        at: now,
+        inactive_since: None,
+    };
+    request_erasure(
+        &config,
+        &Codec::new(None),
+        &producer,
+        store.as_ref(),
+        request,
+    )
+    .await
+    .unwrap();
+    let (pipeline, _) = spawn_pipeline(&config, store.clone(), Duration::from_secs(5));
+    pipeline.await.unwrap().unwrap();
+    let keys = store.lead_keys(&["ENC-GONE", "ENC-KEPT"]).await.unwrap();
+    assert_eq!(keys["ENC-GONE"], None, "shredded");
+    assert!(keys["ENC-KEPT"].is_some());
+    assert_eq!(decrypt_message(&gone, None), Err(ShreddingError::KeyErased));
+
+    let metrics = Arc::new(Metrics::new());
+    let worker = NotifyWorker::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(Codec::new(None)),
+        metrics.clone(),
+    )
+    .unwrap();
+    let summary = worker
+        .run(Some(Duration::from_secs(6)), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(summary.failed, 0, "{:?}", read_dead_letters(&config));
+    let seen = fake.lock().unwrap().seen.clone();
+    let bodies: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|s| serde_json::from_slice(&s.body).unwrap())
+        .collect();
+    assert!(!bodies.is_empty());
+    for body in &bodies {
+        let p = &body["personalizations"][0];
+        assert_eq!(p["to"][0]["email"], "kept@example.com", "{body}");
+        assert_eq!(p["dynamic_template_data"]["first_name"], "Noa", "{body}");
+    }
+    let ledger = store.lead_deliveries("ENC-GONE").await.unwrap();
+    assert!(!ledger.is_empty());
+    for record in &ledger {
+        assert_eq!(record.status, "dropped");
+        assert!(
+            record
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("shredded"),
+            "{record:?}"
+        );
+    }
+    assert_eq!(
+        metrics.value("leadflow_gdpr_messages_shredded_total", &[]) as usize,
+        ledger.len()
+    );
+}
+
+backend_tests!(encrypted_messages_are_sent_in_clear_and_shredded_by_erasure);
+
+/// Issue 18's scan. After a simulated stream with nurturing and encryption
+/// on, with a set of leads erased in the middle of the log: no table holds
+/// any of their emails, phones or names; on the output topics their
+/// messages are ciphertext whose key is shredded and nothing else names
+/// them; the latest lead-scores record of each is a tombstone; the worker
+/// sends them nothing; an export of a kept lead holds what its events said;
+/// and a replay of the whole log from the beginning (a new consumer group
+/// on the same store) leaves them erased and the scan clean.
+async fn erased_leads_leave_no_plaintext_and_stay_erased_through_a_replay<
+    S: LeadStore + 'static,
+>(
+    store: Arc<S>,
+    url: &str,
+) {
+    use base64::Engine;
+    use leadflow::events::{InputEvent, LeadEventKind};
+    use leadflow::gdpr::shredding::{decrypt_message, is_encrypted, ShreddingError};
+    use leadflow::gdpr::{export_lead, request_erasure, ErasureRequest};
+    use leadflow::simulate::{generate, SimulationParams};
+    let (fake, provider_url) = start_fake().await;
+    let mut config = notify_config(url, &provider_url);
+    map_every_email_template(&mut config);
+    config.gdpr.encryption.enabled = true;
+    config.gdpr.encryption.master_key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    leadflow::kafka::create_topics(&config).await.unwrap();
+    let events = generate(&SimulationParams {
+        seed: 23,
+        leads: 80,
+        days: 40,
+        start: 1_767_225_600_000,
+        source_shares: Default::default(),
+        inflow_growth: 0.0,
+    });
+    let (first, second) = events.split_at(events.len() / 2);
+    // Erased: every fifth lead created in the first half, eight at most.
+    let created: Vec<&leadflow::events::LeadEvent> = first
+        .iter()
+        .filter_map(|e| match e {
+            InputEvent::Lead(l) if l.kind == LeadEventKind::Created => Some(l),
+            _ => None,
+        })
+        .collect();
+    let erased: BTreeSet<String> = created
+        .iter()
+        .step_by(5)
+        .take(8)
+        .map(|l| l.lead_ext_id.clone())
+        .collect();
+    // What each lead's events said of it, and the values only erased leads hold.
+    let personal = |l: &leadflow::events::LeadEvent| {
+        [&l.email, &l.phone, &l.first_name, &l.last_name, &l.company]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    let mut kept_values = BTreeSet::new();
+    let mut erased_values = BTreeSet::new();
+    for e in &events {
+        if let InputEvent::Lead(l) = e {
+            let values = personal(l);
+            if erased.contains(&l.lead_ext_id) {
+                erased_values.extend(values);
+            } else {
+                kept_values.extend(values);
+            }
+        }
+    }
+    let needles: Vec<String> = erased_values.difference(&kept_values).cloned().collect();
+    assert!(needles.len() >= erased.len() * 2, "{needles:?}");
+
+    let codec = Codec::new(None);
+    let avro = leadflow::kafka::InputFormat::Avro;
+    leadflow::kafka::publish_inputs(&config, &codec, first, avro, 0)
+        .await
+        .unwrap();
+    let producer = leadflow::kafka::producer(&config.kafka).unwrap();
+    let now = leadflow::core::clock::wall_clock_millis();
+    // The processor merges the input topics by event time: erasures dated
+    // at the split come between the two halves of every topic, so the
+    // erased leads' later interactions and stage changes are dropped.
+    let at = second[0].occurred_at();
+    for lead in &erased {
+        let request = ErasureRequest {
+            lead_ext_id: lead,
+            actor: "test",
+            reason: Some("issue 18 scan"),
+            at,
+            inactive_since: None,
+        };
+        request_erasure(&config, &codec, &producer, store.as_ref(), request)
+            .await
+            .unwrap();
+    }
+    leadflow::kafka::publish_inputs(&config, &codec, second, avro, 0)
+        .await
+        .unwrap();
+    let (pipeline, metrics) = spawn_pipeline(&config, store.clone(), Duration::from_secs(6));
+    let summary = pipeline.await.unwrap().unwrap();
+    assert!(summary.dropped_after_erasure > 0, "{summary:?}");
+    assert_eq!(
+        metrics.value("leadflow_gdpr_erasures_total", &[]) as usize,
+        erased.len()
+    );
+    let worker = NotifyWorker::new(
+        config.clone(),
+        store.clone(),
+        Arc::new(Codec::new(None)),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let sent = worker
+        .run(Some(Duration::from_secs(6)), std::future::pending())
+        .await
+        .unwrap();
+    assert!(sent.sent > 0, "{sent:?}");
+
+    let scan = |label: &str, texts: Vec<(String, String)>| {
+        let hits: Vec<(String, &String)> = texts
+            .iter()
+            .flat_map(|(place, text)| {
+                needles
+                    .iter()
+                    .filter(|n| text.contains(n.as_str()))
+                    .map(move |n| (place.clone(), n))
+            })
+            .collect();
+        assert!(
+            hits.is_empty(),
+            "{label}: erased leads' data found: {hits:?}"
+        );
+    };
+    let topics = |config: &Config| {
+        let mut texts = Vec::new();
+        for topic in [
+            &config.topics.scores,
+            &config.topics.outbound,
+            &config.topics.deliveries,
+            &config.topics.forecasts,
+            &config.topics.dlq,
+        ] {
+            for m in read_topic(config, topic) {
+                let bytes = m.payload.unwrap_or_default();
+                texts.push((topic.clone(), String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+        texts
+    };
+    let check = |label: &'static str| {
+        let store = store.clone();
+        let config = config.clone();
+        let erased = erased.clone();
+        let scan = &scan;
+        let topics = &topics;
+        async move {
+            scan(
+                &format!("{label}, database"),
+                common::all_rows_as_text(url).await,
+            );
+            scan(&format!("{label}, topics"), topics(&config));
+            for lead in &erased {
+                let state = store.get_lead(lead).await.unwrap().unwrap();
+                assert!(
+                    state.erased_at.is_some() && state.email.is_none(),
+                    "{label}: {lead}"
+                );
+                let last = read_topic(&config, &config.topics.scores)
+                    .into_iter()
+                    .filter(|m| m.key.as_deref() == Some(lead.as_bytes()))
+                    .last()
+                    .unwrap_or_else(|| panic!("{label}: no score record for {lead}"));
+                assert!(
+                    last.payload.is_none(),
+                    "{label}: {lead}'s latest score is not a tombstone"
+                );
+            }
+        }
+    };
+    check("after the stream").await;
+    // The scan reads where personal data lives: a kept lead's email is found.
+    let kept_email = created
+        .iter()
+        .find(|l| !erased.contains(&l.lead_ext_id))
+        .and_then(|l| l.email.clone())
+        .unwrap();
+    let rows = common::all_rows_as_text(url).await;
+    assert!(rows
+        .iter()
+        .any(|(table, text)| table == "leads" && text.contains(&kept_email)));
+
+    // Their messages on the topic cannot be opened any more; the provider
+    // never heard of them.
+    let keys: Vec<&str> = erased.iter().map(String::as_str).collect();
+    let stored_keys = store.lead_keys(&keys).await.unwrap();
+    for m in published_messages(&config).await {
+        assert!(is_encrypted(&m), "{}", m.message_id);
+        if erased.contains(&m.lead_ext_id) {
+            assert_eq!(stored_keys.get(&m.lead_ext_id).cloned().flatten(), None);
+            assert_eq!(decrypt_message(&m, None), Err(ShreddingError::KeyErased));
+        }
+    }
+    let bodies: Vec<String> = fake
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.body).into_owned())
+        .collect();
+    scan(
+        "provider requests",
+        bodies.into_iter().map(|b| ("provider".into(), b)).collect(),
+    );
+
+    // A kept lead's export holds what its events said.
+    let kept = created
+        .iter()
+        .find(|l| !erased.contains(&l.lead_ext_id) && l.phone.is_some())
+        .unwrap();
+    let export = export_lead(store.as_ref(), &kept.lead_ext_id, "test", now)
+        .await
+        .unwrap();
+    let mut expected = (*kept).clone();
+    for e in &events {
+        if let InputEvent::Lead(l) = e {
+            if l.lead_ext_id == kept.lead_ext_id && l.kind == LeadEventKind::Updated {
+                for (field, value) in [
+                    (&mut expected.email, &l.email),
+                    (&mut expected.phone, &l.phone),
+                    (&mut expected.first_name, &l.first_name),
+                    (&mut expected.last_name, &l.last_name),
+                    (&mut expected.company, &l.company),
+                    (&mut expected.source, &l.source),
+                    (&mut expected.timezone, &l.timezone),
+                ] {
+                    if value.is_some() {
+                        *field = value.clone();
+                    }
+                }
+                expected.attributes.extend(l.attributes.clone());
+            }
+        }
+    }
+    let state = &export.state;
+    assert_eq!(
+        (
+            &state.email,
+            &state.phone,
+            &state.first_name,
+            &state.last_name,
+            &state.company,
+            &state.source,
+            &state.timezone,
+            &state.attributes,
+        ),
+        (
+            &expected.email,
+            &expected.phone,
+            &expected.first_name,
+            &expected.last_name,
+            &expected.company,
+            &expected.source,
+            &expected.timezone,
+            &expected.attributes,
+        )
+    );
+    let stages: Vec<leadflow::events::Stage> = events
+        .iter()
+        .filter_map(|e| match e {
+            InputEvent::StageChange(c) if c.lead_ext_id == kept.lead_ext_id => Some(c.to_stage),
+            _ => None,
+        })
+        .collect();
+    let exported: Vec<leadflow::events::Stage> = state.stage_history.iter().map(|t| t.to).collect();
+    assert_eq!(exported, stages);
+    let consent = kept.consent.as_ref().unwrap();
+    let first_statement = &state.consent_ledger[0];
+    assert_eq!(
+        (first_statement.recorded_at, first_statement.source.as_str()),
+        (consent.recorded_at, consent.source.as_str())
+    );
+    let ledger = store.lead_deliveries(&kept.lead_ext_id).await.unwrap();
+    assert_eq!(export.messages.len(), ledger.len());
+    assert_eq!(
+        export.audit.last().map(|a| a.action.as_str()),
+        Some("exported")
+    );
+
+    // The whole log again, from the beginning, on the same store.
+    let mut replay = config.clone();
+    replay.kafka.group_id = format!("{}-replay", config.kafka.group_id);
+    let (pipeline, _) = spawn_pipeline(&replay, store.clone(), Duration::from_secs(6));
+    let summary = pipeline.await.unwrap().unwrap();
+    assert!(summary.consumed as usize >= events.len(), "{summary:?}");
+    check("after a replay").await;
+}
+
+backend_tests!(erased_leads_leave_no_plaintext_and_stay_erased_through_a_replay);

@@ -11,8 +11,8 @@ use leadflow::core::state::{
 use leadflow::events::{InteractionKind, Segment, Stage};
 use leadflow::store::prelude::*;
 use leadflow::store::{
-    BatchWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, PartitionOffset,
-    StoreError,
+    AuditRecord, BatchWrite, DeliveryClaim, DeliveryOutcome, ErasureWrite, ForecastRecord,
+    LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance, PartitionOffset, StoreError,
 };
 
 fn full_state(id: &str) -> LeadState {
@@ -793,7 +793,7 @@ async fn the_funnel_tables_are_backfilled_from_the_transitions<S: LeadStore>(
     for sql in [
         "DROP TABLE lead_funnel_days",
         "DROP TABLE lead_funnel",
-        "DELETE FROM _sqlx_migrations WHERE version >= 11",
+        "DELETE FROM _sqlx_migrations WHERE version IN (11, 12)",
     ] {
         common::execute_sql(url, sql).await;
     }
@@ -804,7 +804,192 @@ async fn the_funnel_tables_are_backfilled_from_the_transitions<S: LeadStore>(
     }
 }
 
+/// A message of `lead` to hash-of-ana in the delivery ledger, sent.
+async fn record_sent<S: LeadStore>(store: &S, message_id: &str, lead: &str) {
+    let claim = DeliveryClaim {
+        message_id,
+        lead_ext_id: lead,
+        channel: "email",
+        template: "premium_welcome",
+        recipient_hash: "hash-of-ana",
+        owner: "w1",
+        now: 1_000,
+        lease_ms: 60_000,
+    };
+    store.claim_delivery(&claim).await.unwrap();
+    let outcome = DeliveryOutcome {
+        message_id,
+        owner: "w1",
+        status: "sent",
+        provider_message_id: Some("sg-1"),
+        reason: Some("250 ok to ana@example.com"),
+        attempts: 1,
+        now: 2_000,
+    };
+    assert!(store.finish_delivery(&outcome).await.unwrap());
+}
+
+/// An erasure's batch drops the lead's unpublished scores and messages
+/// (not another lead's, not a forecast that happens to share the key),
+/// forgets the recipient in the delivery ledger but keeps its row, and
+/// audits itself; its own tombstone row, written after, stays.
+async fn an_erasure_drops_the_leads_unpublished_outputs_and_ledger_traces<S: LeadStore>(
+    store: Arc<S>,
+    _url: &str,
+) {
+    let lead = full_state("ERASE-1");
+    let row = |id: &str, topic: &str, key: &str| NewOutboxRow {
+        topic: topic.into(),
+        key: key.into(),
+        ..outbox_row(id, 0)
+    };
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![LeadWrite::new(&lead, 0)],
+            outbox: vec![
+                row("score-1", "lead-scores", "ERASE-1"),
+                row("message-1", "outbound-messages", "ERASE-1"),
+                row("score-other", "lead-scores", "ERASE-2"),
+                row("forecast-1", "lead-forecasts", "ERASE-1"),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    record_sent(store.as_ref(), "m-erased", "ERASE-1").await;
+    record_sent(store.as_ref(), "m-kept", "ERASE-2").await;
+
+    let tombstone = lead.tombstone(5_000);
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![LeadWrite::new(&tombstone, 0)],
+            outbox: vec![row("tombstone-1", "lead-scores", "ERASE-1")],
+            erasures: vec![ErasureWrite {
+                lead_ext_id: "ERASE-1",
+                at: 5_000,
+                event_id: "erase-1",
+                outbox_topics: ["lead-scores", "outbound-messages"],
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending: Vec<String> = store
+        .outbox_pending(&[0], 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.output_id)
+        .collect();
+    assert_eq!(pending, ["score-other", "forecast-1", "tombstone-1"]);
+    let stored = store.get_lead("ERASE-1").await.unwrap().unwrap();
+    assert_eq!(stored, tombstone);
+    assert_eq!(stored.email, None);
+    // Erased leads are neither counted nor listed.
+    assert_eq!(store.lead_count().await.unwrap(), 0);
+    assert!(store.list_leads("", 10).await.unwrap().is_empty());
+    let ledger = store.lead_deliveries("ERASE-1").await.unwrap();
+    assert_eq!(ledger.len(), 1, "the row stays: a message id is sent once");
+    assert_eq!(
+        (ledger[0].status.as_str(), ledger[0].reason.as_deref()),
+        ("sent", None)
+    );
+    // The other lead shares the hash here, so one send is left under it.
+    assert_eq!(store.recipient_sends("hash-of-ana", 0).await.unwrap(), 1);
+    let kept = store.lead_deliveries("ERASE-2").await.unwrap();
+    assert_eq!(kept[0].reason.as_deref(), Some("250 ok to ana@example.com"));
+    assert_eq!(
+        store.audit_of("ERASE-1").await.unwrap(),
+        [AuditRecord {
+            action: "erased".into(),
+            lead_ext_id: "ERASE-1".into(),
+            at: 5_000,
+            actor: "processor".into(),
+            reason: None,
+            event_id: Some("erase-1".into()),
+        }]
+    );
+}
+
+/// A lead's data key is made once (a second offer keeps the first), read
+/// back by lead, shredded by the erasure's batch (a later offer does not
+/// bring one back), and forgotten when the erased lead starts anew.
+async fn lead_keys_are_made_once_and_shredded_by_the_erasure<S: LeadStore>(
+    store: Arc<S>,
+    _url: &str,
+) {
+    let offer = |lead: &str, key: &str| vec![(lead.to_string(), key.to_string())];
+    let first = store
+        .ensure_lead_keys(&offer("K-1", "v1:a:one"), 10)
+        .await
+        .unwrap();
+    assert_eq!(first["K-1"].as_deref(), Some("v1:a:one"));
+    let again = store
+        .ensure_lead_keys(&offer("K-1", "v1:a:two"), 20)
+        .await
+        .unwrap();
+    assert_eq!(again["K-1"].as_deref(), Some("v1:a:one"));
+    let read = store.lead_keys(&["K-1", "K-404"]).await.unwrap();
+    assert_eq!(read.len(), 1);
+
+    let lead = full_state("K-1");
+    let tombstone = lead.tombstone(30);
+    let erase = |state| BatchWrite {
+        consumer_group: "g",
+        leads: vec![LeadWrite::new(state, 0)],
+        erasures: vec![ErasureWrite {
+            lead_ext_id: "K-1",
+            at: 30,
+            event_id: "erase",
+            outbox_topics: ["lead-scores", "outbound-messages"],
+        }],
+        ..Default::default()
+    };
+    store.commit_batch(&erase(&tombstone)).await.unwrap();
+    assert_eq!(store.lead_keys(&["K-1"]).await.unwrap()["K-1"], None);
+    let offered = store
+        .ensure_lead_keys(&offer("K-1", "v1:a:three"), 40)
+        .await
+        .unwrap();
+    assert_eq!(offered["K-1"], None, "a shredded key does not come back");
+    // An erased lead with no key yet gets a shredded row all the same.
+    let other = LeadState::new("K-2").tombstone(30);
+    store
+        .commit_batch(&BatchWrite {
+            erasures: vec![ErasureWrite {
+                lead_ext_id: "K-2",
+                ..erase(&other).erasures[0]
+            }],
+            ..erase(&other)
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.lead_keys(&["K-2"]).await.unwrap()["K-2"], None);
+    // Started anew: the shredded row goes, a new key can be made.
+    let mut back = LeadState::new("K-1");
+    back.email = Some("back@example.com".into());
+    store
+        .commit_batch(&BatchWrite {
+            consumer_group: "g",
+            leads: vec![LeadWrite::new(&back, 0)],
+            revived: vec!["K-1"],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.lead_keys(&["K-1"]).await.unwrap().is_empty());
+    let fresh = store
+        .ensure_lead_keys(&offer("K-1", "v1:a:four"), 50)
+        .await
+        .unwrap();
+    assert_eq!(fresh["K-1"].as_deref(), Some("v1:a:four"));
+}
+
 backend_tests!(
+    lead_keys_are_made_once_and_shredded_by_the_erasure,
+    an_erasure_drops_the_leads_unpublished_outputs_and_ledger_traces,
     the_funnel_tables_are_backfilled_from_the_transitions,
     stage_transitions_are_rows_written_with_their_batch,
     forecasts_are_stored_and_queued_once,

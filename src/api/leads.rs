@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::core::state::LeadState;
 use crate::events::timestamp::{format as rfc3339, parse_rfc3339};
-use crate::events::{InputEvent, InputStream, ScoreFactor};
+use crate::events::{InputEvent, InputStream, LeadEventKind, ScoreFactor};
 use crate::pipeline::check_event_time;
 use crate::store::{Deliveries, LeadFilter, LeadOrder, LeadSummary, Leads, Transitions};
 
@@ -256,10 +256,19 @@ fn status_name(state: &LeadState) -> String {
 }
 
 async fn load(api: &ApiState, id: &str) -> Result<LeadState, Problem> {
-    api.store
+    let state = api
+        .store
         .get_lead(id)
         .await?
-        .ok_or_else(|| Problem::not_found(format!("no lead `{id}`")))
+        .ok_or_else(|| Problem::not_found(format!("no lead `{id}`")))?;
+    match state.erased_at {
+        Some(at) => Err(Problem::new(
+            StatusCode::GONE,
+            "erased",
+            format!("lead `{id}` was erased at {} (GDPR)", rfc3339(at)),
+        )),
+        None => Ok(state),
+    }
 }
 
 #[utoipa::path(
@@ -485,6 +494,13 @@ pub async fn post_event(
         .decode_input(stream, &json)
         .await
         .map_err(|e| invalid(e.to_string()))?;
+    if matches!(&event, InputEvent::Lead(e) if e.kind == LeadEventKind::Erased) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "an erasure needs an admin key: DELETE /api/v1/leads/{id}",
+        ));
+    }
     let earliest = parse_rfc3339(&api.config.processor.earliest_event_time).unwrap_or(i64::MIN);
     check_event_time(&api.config.processor, earliest, &event, None)
         .map_err(|r| invalid(format!("{}: {}", r.kind, r.message)))?;

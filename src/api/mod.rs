@@ -8,6 +8,7 @@
 //! needs; errors are problem details ([`problem`]); bodies are capped at
 //! `api.max_body_bytes`.
 
+mod gdpr;
 pub mod keys;
 mod leads;
 mod models;
@@ -23,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use rdkafka::producer::FutureProducer;
 
@@ -179,6 +180,8 @@ fn api_router(api: Arc<ApiState>) -> Router {
         .route("/forecasts", post(reports::run_forecasts))
         .route("/models/{version}/activate", post(models::activate))
         .route("/models/retrain", post(models::retrain))
+        .route("/leads/{id}", delete(gdpr::erase))
+        .route("/leads/{id}/export", get(gdpr::export))
         .route_layer(guard(Scope::Admin));
     Router::new()
         .route("/openapi.json", get(openapi_json))

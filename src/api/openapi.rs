@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use super::problem::Problem;
-use super::{leads, models, reports};
+use super::{gdpr, leads, models, reports};
 
 /// The errors every route may answer with, as problem details.
 #[derive(IntoResponses)]
@@ -37,6 +37,12 @@ pub enum Problems {
         content_type = "application/problem+json"
     )]
     NotFound(Problem),
+    #[response(
+        status = 410,
+        description = "The lead was erased (GDPR); only its tombstone is kept",
+        content_type = "application/problem+json"
+    )]
+    Gone(Problem),
     #[response(
         status = 413,
         description = "The body is over api.max_body_bytes",
@@ -89,7 +95,7 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "leadflow REST API",
-        description = "Leads, analytics, forecasts, models and experiments of a leadflow processor. Every route needs an API key (`leadflow apikey create`); errors are RFC 9457 problem details. See docs/API.md."
+        description = "Leads, analytics, forecasts, models, experiments and GDPR erasure of a leadflow processor. Every route needs an API key (`leadflow apikey create`); errors are RFC 9457 problem details. See docs/API.md."
     ),
     paths(
         leads::list, leads::one, leads::timeline, leads::post_event,
@@ -97,13 +103,13 @@ impl Modify for Security {
         reports::pipeline, reports::history,
         reports::forecasts, reports::latest_forecast, reports::run_forecasts,
         models::list, models::one, models::activate, models::retrain, models::job,
-        reports::experiments,
+        reports::experiments, gdpr::erase, gdpr::export,
     ),
     components(schemas(Problem)),
     modifiers(&Security),
     tags(
         (name = "leads"), (name = "events"), (name = "analytics"), (name = "forecasts"),
-        (name = "models"), (name = "experiments"),
+        (name = "models"), (name = "experiments"), (name = "gdpr"),
     )
 )]
 pub struct ApiDoc;

@@ -3,7 +3,9 @@
 
 mod analytics;
 mod apikey;
+mod erase;
 mod experiments;
+mod export;
 mod forecast;
 mod import;
 mod leads;
@@ -78,6 +80,11 @@ enum Command {
     /// Keys of the REST API (/api/v1): create (printed once), list, revoke.
     #[command(subcommand)]
     Apikey(apikey::ApiKeyCommand),
+    /// Erase a lead's personal data (GDPR): the erasure goes to the lead's
+    /// partition of the leads topic and the processor applies it everywhere.
+    Erase(erase::EraseArgs),
+    /// Everything held about a lead (GDPR), as one JSON document.
+    Export(export::ExportArgs),
 }
 
 /// Parses the command line, loads the configuration and runs the command.
@@ -106,6 +113,8 @@ async fn dispatch(command: Command, config: Config) -> Result<()> {
         Command::Forecast(command) => forecast::forecast(config, command).await,
         Command::Analytics(command) => analytics::analytics(config, command).await,
         Command::Apikey(command) => apikey::apikey(config, command).await,
+        Command::Erase(args) => erase::erase(config, args).await,
+        Command::Export(args) => export::export(config, args).await,
     }
 }
 
@@ -181,6 +190,12 @@ pub(crate) async fn open_store(config: &Config) -> Result<Store> {
         .with_context(|| format!("connecting to {}", config.database.url))?;
     store.migrate().await.context("migrating the database")?;
     Ok(store)
+}
+
+/// Who a GDPR request from the command line is audited as.
+pub(crate) fn cli_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
 }
 
 pub(crate) fn codec(config: &Config) -> Result<Codec> {

@@ -70,6 +70,10 @@ pub const HISTORICAL_SCHEMAS: &[(&str, &str)] = &[
         include_str!("../../schemas/history/LeadEvent.v1.avsc"),
     ),
     (
+        "LeadEvent",
+        include_str!("../../schemas/history/LeadEvent.v2.avsc"),
+    ),
+    (
         "ForecastEvent",
         include_str!("../../schemas/history/ForecastEvent.v1.avsc"),
     ),

@@ -20,6 +20,7 @@
 pub mod analytics;
 pub mod api;
 pub mod forecast;
+pub mod gdpr;
 pub mod notify;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,7 @@ pub struct Config {
     pub notify: notify::NotifyConfig,
     pub forecast: forecast::ForecastConfig,
     pub analytics: analytics::AnalyticsConfig,
+    pub gdpr: gdpr::GdprConfig,
     pub api: api::ApiConfig,
 }
 
@@ -511,6 +513,7 @@ impl Config {
             .map_err(|(key, reason)| invalid(&format!("nurture.{key}"), reason))?;
         self.forecast.check()?;
         self.analytics.check()?;
+        self.gdpr.check()?;
         self.api.check()
     }
 }

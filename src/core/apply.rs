@@ -13,12 +13,13 @@ use crate::core::nurture::{self, FireClock, NurtureConfig};
 use crate::core::rules::{RuleConfig, SegmentThresholds};
 use crate::core::slots::ForecastSlots;
 use crate::core::state::{
-    ChannelConsent, InteractionStats, LeadState, NurtureState, ScoreSnapshot, StageTransition,
+    ChannelConsent, ConsentChange, ConsentChangeKind, InteractionStats, LeadState, NurtureState,
+    ScoreSnapshot, StageTransition,
 };
 use crate::events::{
     Channel, DeliveryEvent, DeliveryStatus, ForecastEvent, InputEvent, InteractionEvent,
     InteractionKind, LeadEvent, LeadEventKind, LeadScore, Millis, OutboundMessage, ScoreFactor,
-    Stage, StageChangeEvent,
+    Stage, StageChangeEvent, ERASE_IF_INACTIVE_SINCE,
 };
 
 /// What scoring reads of the configuration.
@@ -66,6 +67,10 @@ pub struct ApplyContext<'a> {
     /// scheduled forecasts (and in an import: its leads' past scores were
     /// never computed).
     pub forecast_slots: Option<ForecastSlots>,
+    /// Whether a LeadEvent after a lead's erasure, with consent recorded
+    /// after it, starts the lead anew (`gdpr.recreate_after_erasure`); else
+    /// every event for an erased lead is dropped.
+    pub recreate_after_erasure: bool,
 }
 
 /// The clock a batch is applied with.
@@ -91,6 +96,10 @@ pub struct BatchOutcome {
     pub touched: BTreeMap<String, (i32, bool)>,
     pub applied: u64,
     pub duplicates: u64,
+    /// Leads erased by the batch.
+    pub erased: u64,
+    /// Events for erased leads, dropped.
+    pub dropped_after_erasure: u64,
 }
 
 /// Applies a batch of events, in order, to the states of their leads (a
@@ -130,10 +139,19 @@ pub fn apply_batch(
         let applied = apply(state, event, &ctx);
         if applied.duplicate {
             outcome.duplicates += 1;
+        } else if applied.dropped_after_erasure {
+            outcome.dropped_after_erasure += 1;
         } else {
             outcome.applied += 1;
         }
-        if fired || !applied.duplicate {
+        if applied.erased {
+            // What this batch made for the lead before its erasure is not
+            // published: the tombstone replaces its score, and its messages
+            // must not go out.
+            outcome.erased += 1;
+            outcome.outputs.retain(|(_, o)| o.lead_ext_id() != Some(id));
+        }
+        if fired || !(applied.duplicate || applied.dropped_after_erasure) {
             let entry = outcome
                 .touched
                 .entry(id.to_string())
@@ -157,6 +175,12 @@ pub enum Output {
     /// Made by the processor's forecast schedule, not by an event; in the
     /// core's type so that it takes the one commit path and the outbox.
     Forecast(ForecastEvent),
+    /// An erased lead's key on the compacted scores topic, published with
+    /// no value so that compaction removes the lead's scores.
+    Tombstone {
+        output_id: String,
+        lead_ext_id: String,
+    },
 }
 
 impl Output {
@@ -166,6 +190,17 @@ impl Output {
             Output::Score(s) => &s.score_id,
             Output::Message(m) => &m.message_id,
             Output::Forecast(f) => &f.forecast_id,
+            Output::Tombstone { output_id, .. } => output_id,
+        }
+    }
+
+    /// The lead the output is about; `None` for a forecast.
+    pub fn lead_ext_id(&self) -> Option<&str> {
+        match self {
+            Output::Score(s) => Some(&s.lead_ext_id),
+            Output::Message(m) => Some(&m.lead_ext_id),
+            Output::Forecast(_) => None,
+            Output::Tombstone { lead_ext_id, .. } => Some(lead_ext_id),
         }
     }
 }
@@ -176,17 +211,62 @@ pub struct Applied {
     pub outputs: Vec<Output>,
     /// True when the event had been applied before and changed nothing.
     pub duplicate: bool,
+    /// True when the event erased the lead.
+    pub erased: bool,
+    /// True when the lead had been erased and the event was dropped.
+    pub dropped_after_erasure: bool,
 }
 
 /// Applies one event to a lead's state (or to nothing, for a new lead).
 pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_>) -> Applied {
     let mut state = state.unwrap_or_else(|| LeadState::new(event.lead_ext_id()));
+    let unchanged = |state: LeadState, duplicate: bool| Applied {
+        state,
+        outputs: Vec::new(),
+        duplicate,
+        erased: false,
+        dropped_after_erasure: !duplicate,
+    };
     if state.has_seen(event.event_id()) {
-        return Applied {
-            state,
-            outputs: Vec::new(),
-            duplicate: true,
-        };
+        return unchanged(state, true);
+    }
+    if let Some(erased_at) = state.erased_at {
+        if !starts_anew(event, erased_at, ctx.recreate_after_erasure) {
+            // A replay of the log before the erasure, or later traffic for
+            // a lead that no longer exists here: nothing of it is kept.
+            return unchanged(state, false);
+        }
+        let mut fresh = LeadState::new(event.lead_ext_id());
+        fresh.recent_event_ids = std::mem::take(&mut state.recent_event_ids);
+        state = fresh;
+    }
+    if let InputEvent::Lead(e) = event {
+        if e.kind == LeadEventKind::Erased && kept_by_condition(&state, e) {
+            // Retention's erasure of a lead that came back to life: kept.
+            state.remember(&e.event_id, ctx.dedup_window);
+            return Applied {
+                state,
+                outputs: Vec::new(),
+                duplicate: false,
+                erased: false,
+                dropped_after_erasure: false,
+            };
+        }
+        if e.kind == LeadEventKind::Erased {
+            let mut state = state.tombstone(e.occurred_at);
+            state.remember(&e.event_id, ctx.dedup_window);
+            state.events_applied += 1;
+            return Applied {
+                outputs: vec![Output::Tombstone {
+                    output_id: output_id(&state.lead_ext_id, "erasure", &e.event_id),
+                    lead_ext_id: state.lead_ext_id.clone(),
+                }],
+                state,
+                duplicate: false,
+                erased: true,
+                dropped_after_erasure: false,
+            };
+        }
     }
     if let Some(slots) = &ctx.forecast_slots {
         state.keep_slot_snapshot(event.occurred_at(), slots);
@@ -216,7 +296,33 @@ pub fn apply(state: Option<LeadState>, event: &InputEvent, ctx: &ApplyContext<'_
         state,
         outputs,
         duplicate: false,
+        erased: false,
+        dropped_after_erasure: false,
     }
+}
+
+/// Whether the lead had an event after the erasure's condition
+/// ([`ERASE_IF_INACTIVE_SINCE`]) allows; an unreadable condition erases.
+fn kept_by_condition(state: &LeadState, e: &LeadEvent) -> bool {
+    e.attributes
+        .get(ERASE_IF_INACTIVE_SINCE)
+        .and_then(|since| since.parse::<Millis>().ok())
+        .is_some_and(|since| state.updated_at > since)
+}
+
+/// Whether `event`, for a lead erased at `erased_at`, starts the lead anew:
+/// only when the configuration allows it, and only a LeadEvent after the
+/// erasure that carries consent given after it.
+fn starts_anew(event: &InputEvent, erased_at: Millis, allowed: bool) -> bool {
+    let InputEvent::Lead(e) = event else {
+        return false;
+    };
+    allowed
+        && e.kind != LeadEventKind::Erased
+        && e.occurred_at > erased_at
+        && e.consent.as_ref().is_some_and(|c| {
+            c.recorded_at > erased_at && (c.email == Some(true) || c.sms == Some(true))
+        })
 }
 
 fn apply_lead(state: &mut LeadState, e: &LeadEvent) {
@@ -255,11 +361,17 @@ fn apply_lead(state: &mut LeadState, e: &LeadEvent) {
             recorded_at: consent.recorded_at,
             source: consent.source.clone(),
         };
-        if let Some(granted) = consent.email {
-            record_consent(&mut state.consent.email, record(granted));
-        }
-        if let Some(granted) = consent.sms {
-            record_consent(&mut state.consent.sms, record(granted));
+        for (channel, granted) in [(Channel::Email, consent.email), (Channel::Sms, consent.sms)] {
+            if let Some(granted) = granted {
+                let statement = record(granted);
+                record_consent(
+                    state,
+                    channel,
+                    statement,
+                    ConsentChangeKind::Statement,
+                    &e.event_id,
+                );
+            }
         }
     }
     for (k, v) in &e.attributes {
@@ -268,8 +380,30 @@ fn apply_lead(state: &mut LeadState, e: &LeadEvent) {
 }
 
 /// The most recently recorded statement wins, whichever arrives first; a tie
-/// goes to a withdrawal, so an unsubscribe is never undone by a same-instant grant.
-fn record_consent(slot: &mut Option<ChannelConsent>, new: ChannelConsent) {
+/// goes to a withdrawal, so an unsubscribe is never undone by a same-instant
+/// grant. Every statement also goes to the ledger.
+fn record_consent(
+    state: &mut LeadState,
+    channel: Channel,
+    new: ChannelConsent,
+    kind: ConsentChangeKind,
+    event_id: &str,
+) {
+    note_consent(
+        &mut state.consent_ledger,
+        ConsentChange {
+            channel,
+            granted: new.granted,
+            kind,
+            recorded_at: new.recorded_at,
+            source: new.source.clone(),
+            event_id: event_id.to_string(),
+        },
+    );
+    let slot = match channel {
+        Channel::Email => &mut state.consent.email,
+        Channel::Sms => &mut state.consent.sms,
+    };
     let replace = match slot {
         None => true,
         Some(old) => {
@@ -280,6 +414,60 @@ fn record_consent(slot: &mut Option<ChannelConsent>, new: ChannelConsent) {
     if replace {
         *slot = Some(new);
     }
+}
+
+/// Adds a line to the consent ledger in its place, unless the same
+/// statement (channel, what, when, where) is there already: the ledger is
+/// the set of statements applied, in time order (a withdrawal after a grant
+/// of the same instant), whatever order they arrived in, so a live run and a
+/// replay keep the same ledger and its latest line per channel is the
+/// current consent.
+fn note_consent(ledger: &mut Vec<ConsentChange>, change: ConsentChange) {
+    let same = |c: &ConsentChange| {
+        (c.channel, c.granted, c.kind, c.recorded_at, &c.source)
+            == (
+                change.channel,
+                change.granted,
+                change.kind,
+                change.recorded_at,
+                &change.source,
+            )
+    };
+    if ledger.iter().any(same) {
+        return;
+    }
+    let order = |c: &ConsentChange| {
+        (
+            c.recorded_at,
+            c.channel,
+            !c.granted,
+            c.kind,
+            c.source.clone(),
+            c.event_id.clone(),
+        )
+    };
+    let at = ledger.partition_point(|c| order(c) < order(&change));
+    ledger.insert(at, change);
+}
+
+/// The email address bounced at `at`: the ledger keeps the earliest bounce.
+fn record_bounce(state: &mut LeadState, at: Millis, source: String, event_id: &str) {
+    let bounce = ConsentChange {
+        channel: Channel::Email,
+        granted: false,
+        kind: ConsentChangeKind::Bounce,
+        recorded_at: at,
+        source,
+        event_id: event_id.to_string(),
+    };
+    let earlier = state.email_bounced_at.is_none_or(|first| at < first);
+    if earlier {
+        state
+            .consent_ledger
+            .retain(|c| c.kind != ConsentChangeKind::Bounce);
+        note_consent(&mut state.consent_ledger, bounce);
+    }
+    state.email_bounced_at = Some(state.email_bounced_at.map_or(at, |t| t.min(at)));
 }
 
 /// The channel an unsubscribe or bounce refers to; email when unnamed,
@@ -318,17 +506,16 @@ fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, rules: &RuleCo
                 recorded_at: e.occurred_at,
                 source: format!("unsubscribe:{}", e.event_id),
             };
-            match affected_channel(e) {
-                "sms" => record_consent(&mut state.consent.sms, withdrawn),
-                _ => record_consent(&mut state.consent.email, withdrawn),
-            }
+            let channel = match affected_channel(e) {
+                "sms" => Channel::Sms,
+                _ => Channel::Email,
+            };
+            let kind = ConsentChangeKind::Unsubscribe;
+            record_consent(state, channel, withdrawn, kind, &e.event_id);
         }
         InteractionKind::Bounce if affected_channel(e) == "email" => {
-            state.email_bounced_at = Some(
-                state
-                    .email_bounced_at
-                    .map_or(e.occurred_at, |t| t.min(e.occurred_at)),
-            );
+            let source = format!("bounce:{}", e.event_id);
+            record_bounce(state, e.occurred_at, source, &e.event_id);
         }
         _ => {}
     }
@@ -336,11 +523,8 @@ fn apply_interaction(state: &mut LeadState, e: &InteractionEvent, rules: &RuleCo
 
 fn apply_delivery(state: &mut LeadState, e: &DeliveryEvent) {
     if e.status == DeliveryStatus::Bounced && e.channel == Channel::Email {
-        state.email_bounced_at = Some(
-            state
-                .email_bounced_at
-                .map_or(e.occurred_at, |t| t.min(e.occurred_at)),
-        );
+        let source = format!("delivery:{}", e.message_id);
+        record_bounce(state, e.occurred_at, source, &e.event_id);
     }
 }
 

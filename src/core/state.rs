@@ -26,10 +26,51 @@ pub struct ChannelConsent {
     pub source: String,
 }
 
+/// What put a line in the consent ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentChangeKind {
+    /// Consent as a LeadEvent stated it.
+    Statement,
+    /// An unsubscribe interaction: consent withdrawn.
+    Unsubscribe,
+    /// The address bounced (an interaction or a delivery report): the
+    /// channel stops, consent itself is unchanged.
+    Bounce,
+}
+
+/// One line of a lead's consent ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentChange {
+    pub channel: Channel,
+    pub granted: bool,
+    pub kind: ConsentChangeKind,
+    /// When it was given or withdrawn (for a statement, when upstream
+    /// recorded it; else the event's time).
+    pub recorded_at: Millis,
+    pub source: String,
+    /// The event that carried it.
+    pub event_id: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConsentState {
     pub email: Option<ChannelConsent>,
     pub sms: Option<ChannelConsent>,
+}
+
+impl ConsentState {
+    /// Whether each channel is granted, as the ledger's statements and
+    /// unsubscribes leave it (the latest line per channel).
+    pub fn from_ledger(ledger: &[ConsentChange]) -> (Option<bool>, Option<bool>) {
+        let latest = |channel: Channel| {
+            ledger
+                .iter()
+                .rfind(|c| c.channel == channel && c.kind != ConsentChangeKind::Bounce)
+                .map(|c| c.granted)
+        };
+        (latest(Channel::Email), latest(Channel::Sms))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +156,13 @@ pub struct LeadState {
     /// The upstream initial score, when one was given; the rules apply otherwise.
     pub provided_initial_score: Option<f64>,
     pub consent: ConsentState,
+    /// The consent ledger: every consent statement and unsubscribe applied
+    /// (the same statement once), and the earliest bounce, in time order
+    /// whatever order they arrived in; lines are only ever added (a bounce
+    /// earlier than the one kept replaces it). `consent` is what its
+    /// statements and unsubscribes add up to ([`ConsentState::from_ledger`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consent_ledger: Vec<ConsentChange>,
     /// Set by a bounce on the email channel.
     pub email_bounced_at: Option<Millis>,
     pub stage: Stage,
@@ -142,6 +190,11 @@ pub struct LeadState {
     /// [`SLOT_SNAPSHOTS_KEPT`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slot_snapshots: Vec<SlotSnapshot>,
+    /// When the lead was erased (GDPR): the state is then a tombstone that
+    /// keeps no personal data, only what the pipeline's counts are made of
+    /// (see [`LeadState::tombstone`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<Millis>,
 }
 
 impl LeadState {
@@ -163,6 +216,7 @@ impl LeadState {
             probability: None,
             provided_initial_score: None,
             consent: ConsentState::default(),
+            consent_ledger: Vec::new(),
             email_bounced_at: None,
             stage: Stage::New,
             stage_entered_at: None,
@@ -179,6 +233,34 @@ impl LeadState {
             pre_close: None,
             nurture: NurtureState::default(),
             slot_snapshots: Vec::new(),
+            erased_at: None,
+        }
+    }
+
+    /// The lead erased at `at`: no contact data, names, company, custom
+    /// attributes, consent, interactions, scores, nurturing or model row is
+    /// kept. What stays is what the funnel, the analytics history and the
+    /// won value already count (stage and its history, source, owner, deal
+    /// value, creation time) and the recent event ids, so that a redelivered
+    /// event is still recognised. `erased_at` makes later events for the lead
+    /// be dropped.
+    pub fn tombstone(&self, at: Millis) -> LeadState {
+        LeadState {
+            created_at: self.created_at,
+            // Not the erasure's time: the store reads a partition's
+            // event-time clock from its leads' latest event times.
+            updated_at: self.updated_at,
+            source: self.source.clone(),
+            owner: self.owner.clone(),
+            owner_assigned_at: self.owner_assigned_at,
+            stage: self.stage,
+            stage_entered_at: self.stage_entered_at,
+            stage_history: self.stage_history.clone(),
+            deal_value: self.deal_value,
+            recent_event_ids: self.recent_event_ids.clone(),
+            events_applied: self.events_applied,
+            erased_at: Some(at),
+            ..LeadState::new(&self.lead_ext_id)
         }
     }
 

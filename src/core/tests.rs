@@ -54,6 +54,7 @@ impl Lead {
             model: None,
             nurture: Some(&self.config),
             forecast_slots: None,
+            recreate_after_erasure: false,
         };
         let mut states: HashMap<String, LeadState> = self
             .state
@@ -419,4 +420,25 @@ fn live_firing_reads_the_wall_clock_and_catches_up_within_the_cap() {
     assert_eq!(sent.len(), 4, "four per week is within the cap");
     assert_eq!(first.scheduled_for, T0 + DAY);
     assert_eq!(first.created_at, now);
+}
+
+#[test]
+fn an_erasure_cancels_the_sequence_and_no_message_follows() {
+    let mut lead = Lead::new(NurtureConfig::default());
+    lead.created(T0, 90.0, "Europe/Madrid");
+    lead.sweep(T0 + 2 * DAY);
+    assert_eq!(lead.sent(), premium_days(&[1]));
+    assert!(lead.nurture().timer.is_some());
+    lead.event(InputEvent::Lead(LeadEvent::erasure(
+        "erase".into(),
+        lead.id(),
+        T0 + 2 * DAY,
+    )));
+    assert_eq!(lead.nurture().timer, None);
+    assert_eq!(lead.nurture().status, Status::NotEnrolled);
+    lead.sweep(T0 + 30 * DAY);
+    // A later interaction is dropped: it neither re-enrols nor sends.
+    lead.interaction(T0 + 31 * DAY, InteractionKind::WebVisit, "web");
+    lead.sweep(T0 + 60 * DAY);
+    assert_eq!(lead.sent(), premium_days(&[1]));
 }

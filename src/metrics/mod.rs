@@ -33,6 +33,11 @@ pub struct Metrics {
     log_discontinuities: IntCounterVec,
     events_applied: IntCounter,
     events_duplicate: IntCounter,
+    events_dropped_erased: IntCounter,
+    leads_erased: IntCounter,
+    retention_erasures: IntCounter,
+    retention_failures: IntCounter,
+    messages_shredded: IntCounter,
     outputs_written: IntCounter,
     dead_letters: IntCounterVec,
     batch_commit_seconds: Histogram,
@@ -144,6 +149,31 @@ impl Metrics {
                 r,
                 "leadflow_events_duplicate_total",
                 "Input events skipped because their event_id had been applied already",
+            ),
+            events_dropped_erased: counter(
+                r,
+                "leadflow_events_dropped_erased_total",
+                "Input events dropped because their lead had been erased (GDPR)",
+            ),
+            leads_erased: counter(
+                r,
+                "leadflow_gdpr_erasures_total",
+                "Leads erased by the processor (GDPR), each applied once",
+            ),
+            retention_erasures: counter(
+                r,
+                "leadflow_gdpr_retention_erasures_total",
+                "Erasures of leads inactive past gdpr.inactive_retention_days, published",
+            ),
+            retention_failures: counter(
+                r,
+                "leadflow_gdpr_retention_failures_total",
+                "Retention sweeps stopped because an erasure could not be published",
+            ),
+            messages_shredded: counter(
+                r,
+                "leadflow_gdpr_messages_shredded_total",
+                "Outbound messages not published or not sent: their lead's data key was shredded by its erasure",
             ),
             outputs_written: counter(
                 r,
@@ -418,14 +448,18 @@ mod tests {
     fn an_event_counts_what_it_reports() {
         let m = Metrics::new();
         m.emit(BatchCommitted {
-            events: 5,
+            events: 7,
             applied: 4,
             duplicates: 1,
+            dropped_after_erasure: 2,
+            erased: 1,
             outputs: 3,
             duration: Duration::from_millis(12),
         });
         assert_eq!(m.value("leadflow_events_applied_total", &[]), 4.0);
         assert_eq!(m.value("leadflow_events_duplicate_total", &[]), 1.0);
+        assert_eq!(m.value("leadflow_events_dropped_erased_total", &[]), 2.0);
+        assert_eq!(m.value("leadflow_gdpr_erasures_total", &[]), 1.0);
         assert_eq!(m.value("leadflow_outbox_depth", &[]), 3.0);
         assert_eq!(
             m.value("leadflow_batch_events", &[]),

@@ -35,10 +35,11 @@ use crate::codec::{Codec, CodecError};
 use crate::config::Config;
 use crate::core::clock::{Clock, WallClock};
 use crate::events::{Channel, DeliveryEvent, DeliveryStatus, OutboundMessage};
+use crate::gdpr::shredding::{decrypt_message, is_encrypted, MasterKeys, ShreddingError};
 use crate::kafka::deadletter::{DeadLetters, RawMessage, Rejection};
 use crate::kafka::{client_config, SharedProducer};
 use crate::metrics::internal_events::{
-    AssignedPartitionsObserved, ConsumerError, DeliveryDuplicate, MessageHandled,
+    AssignedPartitionsObserved, ConsumerError, DeliveryDuplicate, MessageHandled, MessageShredded,
     ProviderResponded, ProviderRetry, RateLimitWaited,
 };
 use crate::metrics::Metrics;
@@ -108,6 +109,8 @@ struct Shared<S> {
     claims: std::sync::atomic::AtomicU64,
     /// Claim leases, outcome times and the recipient cap's window.
     clock: Arc<dyn Clock>,
+    /// Set when `gdpr.encryption` is on: opens encrypted messages.
+    master_keys: Option<MasterKeys>,
 }
 
 pub struct NotifyWorker<S> {
@@ -169,6 +172,7 @@ impl<S: LeadStore + 'static> NotifyWorker<S> {
             },
             claims: Default::default(),
             clock: Arc::new(WallClock),
+            master_keys: config.gdpr.encryption.master_keys(),
             config,
             store,
             codec,
@@ -384,6 +388,21 @@ impl<S: LeadStore + 'static> Shared<S> {
                 return Ok(Handled::Invalid);
             }
         };
+        let (message, shredded) = match self.open(message).await? {
+            Ok(opened) => opened,
+            Err(reason) => {
+                self.dead_letters
+                    .send(
+                        raw,
+                        &Rejection {
+                            kind: "undecryptable",
+                            message: reason,
+                        },
+                    )
+                    .await;
+                return Ok(Handled::Invalid);
+            }
+        };
         let hash = crate::core::ids::recipient_hash(message.channel.as_str(), &message.to);
         let n = self
             .claims
@@ -425,7 +444,15 @@ impl<S: LeadStore + 'static> Shared<S> {
             }
             return Ok(Handled::Duplicate);
         }
-        let (status, receipt, reason, attempts) = match self.blocked(&message, &hash).await? {
+        let blocked = if shredded {
+            self.metrics.emit(MessageShredded {
+                message_id: &message.message_id,
+            });
+            Some("the lead's data key was shredded (erased, GDPR)".to_string())
+        } else {
+            self.blocked(&message, &hash).await?
+        };
+        let (status, receipt, reason, attempts) = match blocked {
             Some(reason) => ("dropped", None, Some(reason), 0),
             None => match self.send_with_retries(&message, &hash, &owner).await? {
                 Ok((receipt, attempts)) => ("sent", Some(receipt), None, attempts),
@@ -556,6 +583,42 @@ impl<S: LeadStore + 'static> Shared<S> {
         Ok(message)
     }
 
+    /// The message with its personal fields decrypted (`gdpr::shredding`),
+    /// and whether its lead's key was shredded (the message then as it
+    /// came, to be dropped); `Err` with the reason when it cannot be read
+    /// here at all.
+    async fn open(
+        &self,
+        message: OutboundMessage,
+    ) -> Result<Result<(OutboundMessage, bool), String>, StoreError> {
+        if !is_encrypted(&message) {
+            return Ok(Ok((message, false)));
+        }
+        let Some(master) = &self.master_keys else {
+            return Ok(Err(
+                "the message is encrypted (gdpr.encryption) but this worker has no master key"
+                    .into(),
+            ));
+        };
+        let lead = message.lead_ext_id.as_str();
+        let leads = [lead];
+        let keys = self
+            .retry_store("data key", || self.store.lead_keys(&leads))
+            .await?;
+        let key = match keys.get(lead) {
+            Some(Some(wrapped)) => match master.unwrap(wrapped) {
+                Ok(key) => Some(key),
+                Err(e) => return Ok(Err(format!("the lead's data key: {e}"))),
+            },
+            _ => None,
+        };
+        Ok(match decrypt_message(&message, key.as_ref()) {
+            Ok(opened) => Ok((opened, false)),
+            Err(ShreddingError::KeyErased) => Ok((message, true)),
+            Err(e) => Err(format!("cannot decrypt: {e}")),
+        })
+    }
+
     /// Why the message must not be sent now, if it must not: the lead was
     /// erased, its consent or channel is gone (since the message was
     /// made), or the recipient had its share for the window.
@@ -568,8 +631,12 @@ impl<S: LeadStore + 'static> Shared<S> {
             .retry_store("lead lookup", || self.store.get_lead(&message.lead_ext_id))
             .await?;
         let Some(lead) = lead else {
-            return Ok(Some("lead not found (erased)".into()));
+            return Ok(Some("lead not found".into()));
         };
+        // A message published before its lead's erasure is still on the topic.
+        if lead.erased_at.is_some() {
+            return Ok(Some("lead erased (GDPR)".into()));
+        }
         if let Some(reason) = crate::core::nurture::channel_blocked(&lead, message.channel) {
             return Ok(Some(reason));
         }

@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::config::ClockMode;
 use crate::core::apply::BatchClock;
 use crate::core::nurture::FireClock;
-use crate::events::{InputEvent, InputStream};
+use crate::events::{InputEvent, InputStream, Millis};
 use crate::metrics::internal_events::{BatchCommitted, TimersFired};
 use crate::store::{with_store_retry, LeadStore, OffsetAdvance, StoreError};
 
@@ -116,14 +116,21 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             events: events.len(),
             applied: prepared.applied,
             duplicates: prepared.duplicates,
+            dropped_after_erasure: prepared.dropped_after_erasure,
+            erased: prepared
+                .leads
+                .iter()
+                .filter(|l| l.erased_by.is_some())
+                .count(),
             outputs,
             duration: started.elapsed(),
         });
         summary.applied += prepared.applied;
         summary.duplicates += prepared.duplicates;
+        summary.dropped_after_erasure += prepared.dropped_after_erasure;
         summary.outputs += outputs as u64;
         summary.batches += 1;
-        for (partition, event) in &events {
+        for (partition, event) in events.iter().filter(|(_, e)| e.moves_stream_time()) {
             let t = state
                 .stream_time
                 .entry(*partition)
@@ -168,19 +175,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
             ClockMode::EventTime => {
                 let mut jobs = Vec::new();
                 for partition in owned {
-                    let known = state.stream_time.get(&partition).copied();
-                    let clock = match known {
-                        Some(t) => Some(t),
-                        // After an assignment: where this partition's clock stood.
-                        None => with_store_retry("read stream time", &self.metrics, || {
-                            self.store.partition_stream_time(partition)
-                        })
-                        .await?
-                        .inspect(|t| {
-                            state.stream_time.insert(partition, *t);
-                        }),
-                    };
-                    if let Some(t) = clock {
+                    if let Some(t) = self.stream_time(state, partition).await? {
                         jobs.push((vec![partition], FireClock::Sweep(t)));
                     }
                 }
@@ -194,6 +189,26 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 .await?;
         }
         Ok(total)
+    }
+
+    /// An owned partition's event-time clock: its latest event time applied,
+    /// read from the store after an assignment; `None` while it has none.
+    pub(super) async fn stream_time(
+        &self,
+        state: &mut LoopState,
+        partition: i32,
+    ) -> Result<Option<Millis>, PipelineError> {
+        if let Some(t) = state.stream_time.get(&partition) {
+            return Ok(Some(*t));
+        }
+        let stored = with_store_retry("read stream time", &self.metrics, || {
+            self.store.partition_stream_time(partition)
+        })
+        .await?;
+        if let Some(t) = stored {
+            state.stream_time.insert(partition, t);
+        }
+        Ok(stored)
     }
 
     async fn fire_timer_rounds(

@@ -22,8 +22,8 @@ use crate::events::{InputEvent, Millis, MILLIS_PER_DAY};
 use crate::forecast::scheduled::{forecasts_as_of, ForecastPlan, MadeForecast, NotMade};
 use crate::ml::ActiveModel;
 use crate::store::{
-    AnalyticsRow, BatchWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow, OffsetAdvance,
-    StoreError,
+    AnalyticsRow, BatchWrite, ErasureWrite, ForecastRecord, LeadStore, LeadWrite, NewOutboxRow,
+    OffsetAdvance, StoreError,
 };
 
 use super::assignment::TopicPartition;
@@ -45,6 +45,10 @@ pub struct TouchedLead {
     /// stage changes (the rest are new rows).
     pub creation_stored: bool,
     pub stored_changes: usize,
+    /// The erasure event, when this batch erased the lead.
+    pub erased_by: Option<String>,
+    /// The lead had been erased and this batch started it anew.
+    pub revived: bool,
 }
 
 impl TouchedLead {
@@ -69,6 +73,8 @@ impl From<FiredLead> for TouchedLead {
             stored_timer: f.stored_timer,
             creation_stored: f.state.created_at.is_some(),
             stored_changes: f.state.stage_history.len(),
+            erased_by: None,
+            revived: false,
             state: f.state,
         }
     }
@@ -120,6 +126,8 @@ pub struct Prepared {
     pub outputs: Vec<(i32, Output)>,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events dropped because their lead had been erased.
+    pub dropped_after_erasure: u64,
     /// Forecasts to store with their outputs.
     pub forecasts: Vec<ForecastRecord>,
     /// Forecast kinds the data did not allow.
@@ -253,6 +261,24 @@ impl Prepared {
                 outbox,
                 forecasts: self.forecasts.clone(),
                 analytics: self.analytics.clone(),
+                erasures: self
+                    .leads
+                    .iter()
+                    .filter_map(|l| {
+                        Some(ErasureWrite {
+                            lead_ext_id: &l.state.lead_ext_id,
+                            at: l.state.erased_at?,
+                            event_id: l.erased_by.as_deref()?,
+                            outbox_topics: [&config.topics.scores, &config.topics.outbound],
+                        })
+                    })
+                    .collect(),
+                revived: self
+                    .leads
+                    .iter()
+                    .filter(|l| l.revived)
+                    .map(|l| l.state.lead_ext_id.as_str())
+                    .collect(),
             })
             .await
     }
@@ -293,6 +319,7 @@ async fn load_and_apply<S: LeadStore>(
                 digest: experiments_digest(s),
                 creation: s.created_at.is_some(),
                 changes: s.stage_history.len(),
+                erased: s.erased_at.is_some(),
             };
             (id.clone(), stored)
         })
@@ -303,6 +330,7 @@ async fn load_and_apply<S: LeadStore>(
         model: model.map(|m| m as &dyn ConversionModel),
         nurture: config.nurture.enabled.then_some(&config.nurture),
         forecast_slots: config.forecast.enabled_slots(),
+        recreate_after_erasure: config.gdpr.recreate_after_erasure,
     };
     let outcome = apply::apply_batch(&mut states, events, &ctx, clock);
     let leads = outcome
@@ -318,6 +346,11 @@ async fn load_and_apply<S: LeadStore>(
                 experiments_changed: experiments_digest(&state) != before.digest,
                 creation_stored: before.creation,
                 stored_changes: before.changes,
+                // Events after the erasure were dropped, not remembered: the
+                // newest id the tombstone remembers is the erasure's.
+                erased_by: (state.erased_at.is_some() && !before.erased)
+                    .then(|| state.recent_event_ids.back().cloned().unwrap_or_default()),
+                revived: before.erased && state.erased_at.is_none(),
                 state,
             })
         })
@@ -327,6 +360,7 @@ async fn load_and_apply<S: LeadStore>(
         outputs: outcome.outputs,
         applied: outcome.applied,
         duplicates: outcome.duplicates,
+        dropped_after_erasure: outcome.dropped_after_erasure,
         ..Prepared::default()
     })
 }
@@ -338,6 +372,7 @@ struct StoredLead {
     digest: ExperimentsDigest,
     creation: bool,
     changes: usize,
+    erased: bool,
 }
 
 pub(super) type ExperimentsDigest = (usize, usize, usize);
@@ -360,6 +395,7 @@ pub fn outbox_row(config: &Config, partition: i32, output: &Output, now: Millis)
         Output::Score(s) => (&config.topics.scores, &s.lead_ext_id),
         Output::Message(m) => (&config.topics.outbound, &m.lead_ext_id),
         Output::Forecast(f) => (&config.topics.forecasts, &f.kind.to_string()),
+        Output::Tombstone { lead_ext_id, .. } => (&config.topics.scores, lead_ext_id),
     };
     NewOutboxRow {
         output_id: output.id().to_string(),

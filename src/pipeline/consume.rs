@@ -61,6 +61,8 @@ pub(super) struct LoopState {
     pub(super) forecast_checked: Option<Instant>,
     /// The analytics history's next day, once read from the store.
     pub(super) history_next: Option<i64>,
+    /// When retention last looked for inactive leads.
+    pub(super) retention_checked: Option<Instant>,
 }
 
 impl LoopState {
@@ -188,6 +190,7 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                 assignment: self.assignment.clone(),
                 wake: wake.clone(),
                 metrics: self.metrics.clone(),
+                master_keys: self.config.gdpr.encryption.master_keys(),
             }
             .run(relay_stop),
         );
@@ -269,6 +272,9 @@ impl<S: LeadStore + 'static> Pipeline<S> {
                     last_activity = Instant::now();
                 }
                 last_tick = Instant::now();
+            }
+            if self.erase_inactive(&mut state).await? > 0 {
+                last_activity = Instant::now();
             }
             if self.run_schedules(&mut state, &mut summary).await? > 0 {
                 wake.notify_one();

@@ -40,6 +40,7 @@ pub mod merge;
 pub mod models;
 pub mod outbox;
 pub mod replay;
+mod retention;
 pub mod timers;
 
 use std::time::Duration;
@@ -91,6 +92,8 @@ pub struct RunSummary {
     pub consumed: u64,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events for erased leads, dropped (GDPR).
+    pub dropped_after_erasure: u64,
     pub dead_lettered: u64,
     pub outputs: u64,
     pub batches: u64,

@@ -88,7 +88,7 @@ pub async fn replay<S: LeadStore>(
     // Each partition's clock ends at its latest event, as a live processor
     // on event time leaves it.
     let mut stream_time: BTreeMap<i32, crate::events::Millis> = BTreeMap::new();
-    for (partition, event) in &ordered {
+    for (partition, event) in ordered.iter().filter(|(_, e)| e.moves_stream_time()) {
         let t = stream_time.entry(*partition).or_insert(event.occurred_at());
         *t = (*t).max(event.occurred_at());
     }
@@ -186,6 +186,7 @@ pub async fn apply_in_batches<S: LeadStore>(
         let applied = apply_and_commit(store, config, work, Fence::None, Sink::Caller).await?;
         summary.applied += applied.applied;
         summary.duplicates += applied.duplicates;
+        summary.dropped_after_erasure += applied.dropped_after_erasure;
         summary.outputs += applied.outputs.len() as u64;
         summary.consumed += chunk.len() as u64;
         summary.batches += 1;
@@ -193,7 +194,7 @@ pub async fn apply_in_batches<S: LeadStore>(
         if schedule.is_none() && history.is_none() {
             continue;
         }
-        for (partition, event) in chunk {
+        for (partition, event) in chunk.iter().filter(|(_, e)| e.moves_stream_time()) {
             let t = stream_time.entry(*partition).or_insert(event.occurred_at());
             *t = (*t).max(event.occurred_at());
         }

@@ -1,7 +1,7 @@
 //! The one write of the commit path: leads, their stage transitions (with
 //! their places in the funnel and the funnel's day counts), their
-//! experiment memberships, offsets, forecasts, analytics days and outbox
-//! rows in one transaction.
+//! experiment memberships, offsets, forecasts, analytics days, outbox
+//! rows and erasures in one transaction.
 
 use std::collections::HashMap;
 
@@ -44,6 +44,25 @@ pub struct BatchWrite<'a> {
     pub forecasts: Vec<ForecastRecord>,
     /// Days of the analytics history; a row already stored stays as it was.
     pub analytics: Vec<AnalyticsRow>,
+    /// Leads erased by this batch (their tombstones are among `leads`).
+    pub erasures: Vec<ErasureWrite<'a>>,
+    /// Erased leads this batch started anew: their shredded key goes, so
+    /// that their next message gets a new one.
+    pub revived: Vec<&'a str>,
+}
+
+/// What an erasure removes besides the lead's state: its outputs not yet
+/// published, the personal traces in the delivery ledger, its data key
+/// (crypto-shredding). Its audit line is written with it.
+#[derive(Debug, Clone, Copy)]
+pub struct ErasureWrite<'a> {
+    pub lead_ext_id: &'a str,
+    pub at: i64,
+    pub event_id: &'a str,
+    /// The topics whose outbox rows for the lead are dropped (scores and
+    /// outbound messages; a forecast is not the lead's). The tombstone
+    /// itself is among this batch's outbox rows, written after the drop.
+    pub outbox_topics: [&'a str; 2],
 }
 
 impl<'a> LeadWrite<'a> {
@@ -61,21 +80,22 @@ impl<'a> LeadWrite<'a> {
 
 const UPSERT_LEAD: &str = "INSERT INTO leads
     (lead_ext_id, state, email, source, owner, stage, stage_entered_at, segment, final_score,
-     created_at, updated_at, partition_id, next_timer_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     created_at, updated_at, partition_id, next_timer_at, erased_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
     ON CONFLICT (lead_ext_id) DO UPDATE SET
         state = excluded.state, email = excluded.email, source = excluded.source,
         owner = excluded.owner, stage = excluded.stage, stage_entered_at = excluded.stage_entered_at,
         segment = excluded.segment, final_score = excluded.final_score,
         created_at = excluded.created_at, updated_at = excluded.updated_at,
-        partition_id = excluded.partition_id, next_timer_at = excluded.next_timer_at";
+        partition_id = excluded.partition_id, next_timer_at = excluded.next_timer_at,
+        erased_at = excluded.erased_at";
 
 /// The write of a lead whose timer fired: only over the timer that was read.
 const UPDATE_FIRED_LEAD: &str = "UPDATE leads SET
         state = $2, email = $3, source = $4, owner = $5, stage = $6, stage_entered_at = $7,
         segment = $8, final_score = $9, created_at = $10, updated_at = $11,
-        partition_id = $12, next_timer_at = $13
-    WHERE lead_ext_id = $1 AND next_timer_at = $14";
+        partition_id = $12, next_timer_at = $13, erased_at = $14
+    WHERE lead_ext_id = $1 AND next_timer_at = $15";
 
 /// Memberships are never removed, so an upsert by primary key keeps the
 /// table equal to the lead's state without touching other rows.
@@ -98,6 +118,13 @@ const INSERT_FORECAST: &str = "INSERT INTO lead_forecasts (forecast_id, kind, ge
         horizon_days, confidence, model_version, leads_counted, event, detail, scheduled)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (forecast_id) DO NOTHING";
+
+const DROP_LEAD_OUTBOX: &str = "DELETE FROM outbox WHERE message_key = $1 AND topic IN ($2, $3)";
+
+/// The ledger keeps its rows (a message id is never sent twice) but not the
+/// recipient's hash or the provider's text, which may quote the address.
+const FORGET_DELIVERIES: &str =
+    "UPDATE deliveries SET recipient_hash = 'erased', reason = NULL WHERE lead_ext_id = $1";
 
 const INSERT_OUTBOX: &str =
     "INSERT INTO outbox (output_id, topic, message_key, payload, source_partition, created_at)
@@ -157,7 +184,8 @@ store_concern! {
                 .bind(lead.created_at)
                 .bind(lead.updated_at)
                 .bind(write.partition)
-                .bind(lead.nurture.timer);
+                .bind(lead.nurture.timer)
+                .bind(lead.erased_at);
                 let written = match write.expect_timer {
                     None => query.execute(&mut *tx).await?,
                     Some(fired) => query.bind(fired).execute(&mut *tx).await?,
@@ -230,6 +258,38 @@ store_concern! {
                         expected: offset.from,
                     });
                 }
+            }
+            for erasure in &batch.erasures {
+                sqlx::query(DROP_LEAD_OUTBOX)
+                    .bind(erasure.lead_ext_id)
+                    .bind(erasure.outbox_topics[0])
+                    .bind(erasure.outbox_topics[1])
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(FORGET_DELIVERIES)
+                    .bind(erasure.lead_ext_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(super::lead_keys::SHRED_LEAD_KEY)
+                    .bind(erasure.lead_ext_id)
+                    .bind(erasure.at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(super::gdpr::INSERT_AUDIT)
+                    .bind(super::gdpr::ERASED)
+                    .bind(erasure.lead_ext_id)
+                    .bind(erasure.at)
+                    .bind("processor")
+                    .bind(None::<String>)
+                    .bind(erasure.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for lead in &batch.revived {
+                sqlx::query(super::lead_keys::FORGET_SHREDDED_KEY)
+                    .bind(*lead)
+                    .execute(&mut *tx)
+                    .await?;
             }
             let mut made_before = std::collections::HashSet::new();
             for record in &batch.forecasts {

@@ -79,20 +79,22 @@ store_concern! {
             row.map(|json| decode_state(id, &json)).transpose()
         }
 
+        /// Leads held, not counting erased ones (their tombstones).
         async fn lead_count(&self) -> Result<i64, StoreError> {
-            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM leads")
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM leads WHERE erased_at IS NULL")
                 .fetch_one(&self.pool)
                 .await?)
         }
 
-        /// Leads ordered by id, `limit` from `after` (exclusive; "" for the start).
+        /// Leads ordered by id, `limit` from `after` (exclusive; "" for the
+        /// start); erased leads are not listed.
         async fn list_leads(
             &self,
             after: &str,
             limit: i64,
         ) -> Result<Vec<LeadSummary>, StoreError> {
             Ok(sqlx::query_as(&format!(
-                "SELECT {SUMMARY_COLUMNS} FROM leads WHERE lead_ext_id > $1
+                "SELECT {SUMMARY_COLUMNS} FROM leads WHERE lead_ext_id > $1 AND erased_at IS NULL
                  ORDER BY lead_ext_id LIMIT $2"
             ))
             .bind(after)
@@ -112,6 +114,7 @@ store_concern! {
                  WHERE ($1 = '' OR stage = $1) AND ($2 = '' OR segment = $2)
                    AND ($3 = '' OR owner = $3) AND ($4 = '' OR source = $4)
                    AND COALESCE(final_score, -1.0) >= $5 AND updated_at >= $6
+                   AND erased_at IS NULL
                    AND ($7 OR {key} < $8 OR ({key} = $8 AND lead_ext_id > $9))
                  ORDER BY {key} DESC, lead_ext_id LIMIT $10"
             );

@@ -2,7 +2,7 @@
 //!
 //! PostgreSQL is the production store, SQLite the embedded default. Each
 //! concern (leads, the batch write, offsets, outbox, timers, experiments,
-//! models, deliveries, forecasts, transitions, the analytics history, API keys) is one file holding its types, its SQL and one
+//! models, deliveries, forecasts, transitions, the analytics history, API keys, the GDPR audit, lead data keys) is one file holding its types, its SQL and one
 //! [`store_concern!`] block: every method is written once there, and the
 //! macro makes of it the trait, both backends' implementations (the same
 //! SQL, so they cannot drift) and the [`Store`] delegate. Only the
@@ -17,6 +17,8 @@ mod batch;
 mod deliveries;
 mod experiments;
 mod forecasts;
+mod gdpr;
+mod lead_keys;
 mod leads;
 mod models;
 mod offsets;
@@ -26,10 +28,12 @@ mod transitions;
 
 pub use analytics::{AnalyticsRow, History, OpenStage};
 pub use api_keys::{ApiKeyRecord, ApiKeys};
-pub use batch::{BatchWrite, Batches, LeadWrite};
+pub use batch::{BatchWrite, Batches, ErasureWrite, LeadWrite};
 pub use deliveries::{Deliveries, DeliveryClaim, DeliveryOutcome, DeliveryRecord};
 pub use experiments::Experiments;
 pub use forecasts::{ForecastRecord, Forecasts};
+pub use gdpr::{AuditRecord, GdprAudit, ERASED, ERASE_REQUESTED, EXPORTED};
+pub use lead_keys::LeadKeys;
 pub use leads::{LeadFilter, LeadOrder, LeadSummary, Leads};
 pub use models::{ModelDocument, ModelEntry, ModelRecord, Models, NewModel};
 pub use offsets::{OffsetAdvance, Offsets, PartitionOffset};
@@ -40,8 +44,8 @@ pub use transitions::{new_transitions, TransitionRow, Transitions};
 /// Every concern trait, for calling store methods on a concrete store.
 pub mod prelude {
     pub use super::{
-        ApiKeys, Batches, Deliveries, Experiments, Forecasts, History, LeadStore, Leads, Migrate,
-        Models, Offsets, Outbox, Timers, Transitions,
+        ApiKeys, Batches, Deliveries, Experiments, Forecasts, GdprAudit, History, LeadKeys,
+        LeadStore, Leads, Migrate, Models, Offsets, Outbox, Timers, Transitions,
     };
 }
 
@@ -283,6 +287,8 @@ pub trait LeadStore:
     + Transitions
     + History
     + ApiKeys
+    + GdprAudit
+    + LeadKeys
 {
 }
 
@@ -300,6 +306,8 @@ impl<T> LeadStore for T where
         + Transitions
         + History
         + ApiKeys
+        + GdprAudit
+        + LeadKeys
 {
 }
 

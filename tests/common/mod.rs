@@ -342,11 +342,20 @@ pub async fn published_messages(config: &Config) -> Vec<leadflow::events::Outbou
     out
 }
 
-/// The score ids published on the scores topic, in topic order (repeats kept).
+/// The score ids published on the scores topic, in topic order (repeats
+/// kept); an erased lead's tombstone (no value) by its output id header.
 pub async fn published_score_ids(config: &Config) -> Vec<String> {
     let codec = leadflow::codec::Codec::new(None);
     let mut ids = Vec::new();
     for m in read_topic(config, &config.topics.scores) {
+        if m.payload.is_none() {
+            ids.push(
+                m.header("leadflow.output.id")
+                    .expect("output id header")
+                    .to_string(),
+            );
+            continue;
+        }
         let score: leadflow::events::LeadScore =
             codec.decode(m.payload.as_deref().unwrap()).await.unwrap();
         assert_eq!(
@@ -381,6 +390,8 @@ pub async fn all_states<S: LeadStore>(
 pub struct CleanRun {
     pub states: std::collections::BTreeMap<String, leadflow::core::state::LeadState>,
     pub output_ids: std::collections::BTreeSet<String>,
+    /// Each output's id and the lead it is about (none for a forecast).
+    pub output_leads: std::collections::BTreeMap<String, Option<String>>,
     pub outputs: usize,
     /// Of the outputs, the OutboundMessages.
     pub messages: usize,
@@ -476,6 +487,10 @@ pub async fn clean_run_with_model(
         .await
         .unwrap();
     let output_ids = outputs.iter().map(|o| o.id().to_string()).collect();
+    let output_leads = outputs
+        .iter()
+        .map(|o| (o.id().to_string(), o.lead_ext_id().map(str::to_string)))
+        .collect();
     let messages = outputs
         .iter()
         .filter(|o| matches!(o, leadflow::core::apply::Output::Message(_)))
@@ -522,6 +537,7 @@ pub async fn clean_run_with_model(
     CleanRun {
         states: all_states(&store).await,
         output_ids,
+        output_leads,
         outputs: outputs.len(),
         messages,
         forecasts,
@@ -712,5 +728,58 @@ pub fn zigzag(v: i64) -> Vec<u8> {
         z >>= 7;
     }
     out.push(z as u8);
+    out
+}
+
+/// Every row of every table of the database at `url` as text (all its
+/// columns), with its table's name: what a scan for personal data reads.
+pub async fn all_rows_as_text(url: &str) -> Vec<(String, String)> {
+    use sqlx::Row;
+    let mut out = Vec::new();
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for table in tables {
+            let rows = sqlx::query(&format!("SELECT t::text FROM \"{table}\" t"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            out.extend(rows.iter().map(|r| (table.clone(), r.get::<String, _>(0))));
+        }
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        for table in tables {
+            let columns: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+            let row_text = columns
+                .iter()
+                .map(|c| format!("COALESCE(CAST(\"{c}\" AS TEXT), '')"))
+                .collect::<Vec<_>>()
+                .join(" || '|' || ");
+            // As bytes: a BLOB column (a migration's checksum) is no UTF-8.
+            let rows = sqlx::query(&format!("SELECT CAST({row_text} AS BLOB) FROM \"{table}\""))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            out.extend(rows.iter().map(|r| {
+                let bytes = r.get::<Vec<u8>, _>(0);
+                (table.clone(), String::from_utf8_lossy(&bytes).into_owned())
+            }));
+        }
+    }
     out
 }

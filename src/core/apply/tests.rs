@@ -31,6 +31,7 @@ fn ctx(scoring: &Scoring) -> ApplyContext<'_> {
         model: None,
         nurture: None,
         forecast_slots: None,
+        recreate_after_erasure: false,
     }
 }
 
@@ -186,6 +187,7 @@ fn the_dedup_window_is_bounded() {
         model: None,
         nurture: None,
         forecast_slots: None,
+        recreate_after_erasure: false,
     };
     let mut state = None;
     for n in 0..10 {
@@ -366,4 +368,329 @@ fn a_lead_keeps_the_score_it_held_at_each_forecast_slot_it_moves_past() {
         &scoring,
     );
     assert!(plain.slot_snapshots.is_empty());
+}
+
+fn erasure(id: &str, n: u32, at: Millis) -> InputEvent {
+    InputEvent::Lead(LeadEvent::erasure(format!("{id}-erase{n}"), id.into(), at))
+}
+
+/// A lead with every kind of personal data: contact fields, names, custom
+/// attributes, consent, interactions, a score.
+fn personal_lead(id: &str, scoring: &Scoring) -> (LeadState, Vec<InputEvent>) {
+    let events = vec![
+        InputEvent::Lead(LeadEvent {
+            phone: Some("+34600111222".into()),
+            last_name: Some("Quintanilla".into()),
+            attributes: BTreeMap::from([("linkedin".into(), "in/ana-quintanilla".into())]),
+            ..lead_created(id, T0)
+        }),
+        interaction(id, 1, InteractionKind::EmailReply, T0 + 3_600_000, "email"),
+        stage(id, 1, Stage::New, Stage::Contacted, T0 + MILLIS_PER_DAY),
+    ];
+    (apply_all(&events, scoring), events)
+}
+
+#[test]
+fn an_erasure_leaves_a_tombstone_without_personal_data() {
+    let scoring = Scoring::default();
+    let (lead, _) = personal_lead("GDPR-1", &scoring);
+    assert!(lead.score.is_some() && !lead.interactions.is_empty());
+    let other = apply_all(&[created("GDPR-2", T0)], &scoring);
+    let mut states = HashMap::from([
+        ("GDPR-1".to_string(), lead.clone()),
+        ("GDPR-2".to_string(), other),
+    ]);
+    // In one batch: an interaction that rescores the lead, another lead's
+    // interaction, then the erasure.
+    let at = T0 + 5 * MILLIS_PER_DAY;
+    let batch = [
+        (
+            0,
+            interaction("GDPR-1", 2, InteractionKind::Call, at - 60_000, "phone"),
+        ),
+        (
+            0,
+            interaction("GDPR-2", 1, InteractionKind::Call, at - 60_000, "phone"),
+        ),
+        (0, erasure("GDPR-1", 1, at)),
+    ];
+    let outcome = apply_batch(&mut states, &batch, &ctx(&scoring), BatchClock::EventTime);
+    assert_eq!((outcome.erased, outcome.applied), (1, 3));
+    // The lead's score from earlier in the batch is not published: only its
+    // tombstone, beside the other lead's score.
+    let about = |lead: &str| -> Vec<&Output> {
+        outcome
+            .outputs
+            .iter()
+            .map(|(_, o)| o)
+            .filter(|o| o.lead_ext_id() == Some(lead))
+            .collect()
+    };
+    assert!(matches!(
+        about("GDPR-1")[..],
+        [Output::Tombstone { ref lead_ext_id, .. }] if lead_ext_id == "GDPR-1"
+    ));
+    assert!(matches!(about("GDPR-2")[..], [Output::Score(_)]));
+
+    let tomb = &states["GDPR-1"];
+    assert_eq!(tomb.erased_at, Some(at));
+    let stored = serde_json::to_string(tomb).unwrap();
+    for personal in [
+        "ana@example.com",
+        "+34600111222",
+        "Ana",
+        "Quintanilla",
+        "Faro Labs",
+        "Europe/Madrid",
+        "in/ana-quintanilla",
+        "form",
+    ] {
+        assert!(!stored.contains(personal), "{personal} in {stored}");
+    }
+    assert!(tomb.interactions.is_empty() && tomb.score.is_none() && tomb.pre_close.is_none());
+    assert_eq!(tomb.nurture.timer, None);
+    // What the funnel and the analytics count stays.
+    assert_eq!(
+        (tomb.stage, tomb.stage_history.len(), tomb.created_at),
+        (Stage::Contacted, lead.stage_history.len(), lead.created_at)
+    );
+    assert_eq!(tomb.source.as_deref(), Some("referral"));
+}
+
+#[test]
+fn events_for_an_erased_lead_are_dropped_and_a_replay_does_not_bring_it_back() {
+    let scoring = Scoring::default();
+    let (lead, history) = personal_lead("GDPR-3", &scoring);
+    let at = T0 + 5 * MILLIS_PER_DAY;
+    let erased = apply(Some(lead), &erasure("GDPR-3", 1, at), &ctx(&scoring));
+    assert!(erased.erased);
+    let tomb = erased.state;
+
+    // The old log under new event ids (a re-import, a replay from another
+    // source), and traffic after the erasure: all dropped, nothing kept.
+    let mut later = history.clone();
+    for e in later.iter_mut() {
+        match e {
+            InputEvent::Lead(l) => l.event_id.push_str("-again"),
+            InputEvent::Interaction(i) => i.event_id.push_str("-again"),
+            InputEvent::StageChange(s) => s.event_id.push_str("-again"),
+            InputEvent::Delivery(d) => d.event_id.push_str("-again"),
+        }
+    }
+    later.push(interaction(
+        "GDPR-3",
+        9,
+        InteractionKind::WebVisit,
+        at + 1,
+        "web",
+    ));
+    later.push(InputEvent::Lead(LeadEvent {
+        event_id: "back".into(),
+        consent: Some(testing::consent(true, true, at + 2)),
+        ..lead_created("GDPR-3", at + 2)
+    }));
+    let mut states = HashMap::from([("GDPR-3".to_string(), tomb.clone())]);
+    let batch: Vec<(i32, InputEvent)> = later.into_iter().map(|e| (0, e)).collect();
+    let outcome = apply_batch(&mut states, &batch, &ctx(&scoring), BatchClock::EventTime);
+    assert_eq!(outcome.dropped_after_erasure, batch.len() as u64);
+    assert_eq!((outcome.applied, outcome.outputs.len()), (0, 0));
+    assert!(outcome.touched.is_empty(), "a dropped event writes nothing");
+    assert_eq!(states["GDPR-3"], tomb);
+
+    // The same erasure redelivered is a duplicate; a second one changes nothing.
+    let again = apply(
+        Some(tomb.clone()),
+        &erasure("GDPR-3", 1, at),
+        &ctx(&scoring),
+    );
+    assert!(again.duplicate && again.outputs.is_empty());
+    let second = apply(
+        Some(tomb.clone()),
+        &erasure("GDPR-3", 2, at + 9),
+        &ctx(&scoring),
+    );
+    assert!(second.dropped_after_erasure && !second.erased);
+    assert_eq!(second.state, tomb);
+}
+
+#[test]
+fn an_erased_lead_comes_back_only_when_allowed_and_with_consent_given_after() {
+    let scoring = Scoring::default();
+    let at = T0 + 5 * MILLIS_PER_DAY;
+    let tomb = apply(
+        Some(personal_lead("GDPR-4", &scoring).0),
+        &erasure("GDPR-4", 1, at),
+        &ctx(&scoring),
+    )
+    .state;
+    let allowed = ApplyContext {
+        recreate_after_erasure: true,
+        ..ctx(&scoring)
+    };
+    let comeback = |event_id: &str, occurred: Millis, consent_at: Option<Millis>| {
+        InputEvent::Lead(LeadEvent {
+            event_id: event_id.into(),
+            consent: consent_at.map(|c| testing::consent(true, false, c)),
+            ..lead_created("GDPR-4", occurred)
+        })
+    };
+    let fresh = comeback("back-1", at + 10, Some(at + 10));
+    // Off by default.
+    assert!(apply(Some(tomb.clone()), &fresh, &ctx(&scoring)).dropped_after_erasure);
+    // Allowed, but without consent, with consent from before the erasure, or
+    // from before the erasure altogether: still dropped.
+    for stale in [
+        comeback("back-2", at + 10, None),
+        comeback("back-3", at + 10, Some(at - 1)),
+        comeback("back-4", at - 5, Some(at - 5)),
+    ] {
+        assert!(apply(Some(tomb.clone()), &stale, &allowed).dropped_after_erasure);
+    }
+    let back = apply(Some(tomb), &fresh, &allowed);
+    assert!(!back.dropped_after_erasure && !back.duplicate);
+    let state = back.state;
+    assert_eq!(state.erased_at, None);
+    assert_eq!(state.email.as_deref(), Some("ana@example.com"));
+    // A new lead: nothing of the erased one's history.
+    assert!(state.stage_history.is_empty() && state.interactions.is_empty());
+    assert_eq!(state.events_applied, 1);
+}
+
+#[test]
+fn the_consent_ledger_keeps_every_change_and_adds_up_to_the_current_consent() {
+    let scoring = Scoring::default();
+    let id = "CONSENT-1";
+    let statement = |n: u32, email: Option<bool>, sms: Option<bool>, recorded: Millis| {
+        InputEvent::Lead(LeadEvent {
+            consent: Some(crate::events::Consent {
+                email,
+                sms,
+                recorded_at: recorded,
+                source: format!("form-{n}"),
+            }),
+            ..LeadEvent::update(format!("{id}-u{n}"), id.into(), T0 + n as Millis * 1000)
+        })
+    };
+    let events = [
+        created(id, T0),
+        // The same consent stated again later changes nothing.
+        statement(1, Some(true), Some(true), T0 + 1000),
+        interaction(id, 1, InteractionKind::Unsubscribe, T0 + 2000, "sms"),
+        // Recorded before the unsubscribe, arriving after it: not a change.
+        statement(3, None, Some(true), T0 + 1500),
+        statement(4, None, Some(true), T0 + 4000),
+        interaction(id, 2, InteractionKind::Bounce, T0 + 5000, "email"),
+        interaction(id, 3, InteractionKind::Bounce, T0 + 6000, "email"),
+    ];
+    let state = apply_all(&events, &scoring);
+    let ledger: Vec<(Millis, Channel, bool, ConsentChangeKind, &str)> = state
+        .consent_ledger
+        .iter()
+        .map(|c| {
+            (
+                c.recorded_at - T0,
+                c.channel,
+                c.granted,
+                c.kind,
+                c.event_id.as_str(),
+            )
+        })
+        .collect();
+    use ConsentChangeKind::*;
+    assert_eq!(
+        ledger,
+        [
+            (0, Channel::Email, true, Statement, "CONSENT-1-created"),
+            (0, Channel::Sms, true, Statement, "CONSENT-1-created"),
+            (1000, Channel::Email, true, Statement, "CONSENT-1-u1"),
+            (1000, Channel::Sms, true, Statement, "CONSENT-1-u1"),
+            (1500, Channel::Sms, true, Statement, "CONSENT-1-u3"),
+            (2000, Channel::Sms, false, Unsubscribe, "CONSENT-1-i1"),
+            (4000, Channel::Sms, true, Statement, "CONSENT-1-u4"),
+            (5000, Channel::Email, false, Bounce, "CONSENT-1-i2"),
+        ]
+    );
+    assert_eq!(state.consent_ledger[6].source, "form-4");
+    let granted = |c: &Option<ChannelConsent>| c.as_ref().map(|c| c.granted);
+    assert_eq!(
+        crate::core::state::ConsentState::from_ledger(&state.consent_ledger),
+        (granted(&state.consent.email), granted(&state.consent.sms))
+    );
+    // Whatever order the statements arrive in (the three topics interleave
+    // as they will), the ledger is the same.
+    let mut reversed = events.to_vec();
+    reversed.reverse();
+    assert_eq!(
+        apply_all(&reversed, &scoring).consent_ledger,
+        state.consent_ledger
+    );
+    // The same statement again (another event, the same consent) adds nothing.
+    let restated = InputEvent::Lead(LeadEvent {
+        consent: Some(crate::events::Consent {
+            email: None,
+            sms: Some(true),
+            recorded_at: T0 + 4000,
+            source: "form-4".into(),
+        }),
+        ..LeadEvent::update(format!("{id}-u10"), id.into(), T0 + 10_000)
+    });
+    let again = apply(Some(state.clone()), &restated, &ctx(&scoring)).state;
+    assert_eq!(again.consent_ledger, state.consent_ledger);
+    // A delivery bounce after the first bounce adds nothing; an earlier one
+    // replaces it.
+    let delivery = InputEvent::Delivery(testing::delivery(
+        "m-1",
+        id,
+        DeliveryStatus::Bounced,
+        T0 + 7000,
+    ));
+    let after = apply(Some(state.clone()), &delivery, &ctx(&scoring)).state;
+    assert_eq!(after.consent_ledger, state.consent_ledger);
+    let early = InputEvent::Delivery(testing::delivery(
+        "m-0",
+        id,
+        DeliveryStatus::Bounced,
+        T0 + 4500,
+    ));
+    let after = apply(Some(state.clone()), &early, &ctx(&scoring)).state;
+    let bounces: Vec<Millis> = after
+        .consent_ledger
+        .iter()
+        .filter(|c| c.kind == Bounce)
+        .map(|c| c.recorded_at - T0)
+        .collect();
+    assert_eq!(bounces, [4500]);
+}
+
+#[test]
+fn a_conditional_erasure_keeps_a_lead_active_since_its_condition() {
+    let scoring = Scoring::default();
+    let (lead, _) = personal_lead("GDPR-5", &scoring);
+    let conditional = |n: u32, since: Millis| {
+        let mut e = LeadEvent::erasure(
+            format!("GDPR-5-retention{n}"),
+            "GDPR-5".into(),
+            T0 + 90 * MILLIS_PER_DAY,
+        );
+        e.attributes
+            .insert(ERASE_IF_INACTIVE_SINCE.into(), since.to_string());
+        InputEvent::Lead(e)
+    };
+    // The lead's latest event is after the condition's time: kept, as it was.
+    let kept = apply(
+        Some(lead.clone()),
+        &conditional(1, lead.updated_at - 1),
+        &ctx(&scoring),
+    );
+    assert!(!kept.erased && kept.outputs.is_empty());
+    assert_eq!(kept.state.email, lead.email);
+    assert!(kept.state.erased_at.is_none());
+    // Nothing since: erased.
+    let erased = apply(
+        Some(lead.clone()),
+        &conditional(2, lead.updated_at),
+        &ctx(&scoring),
+    );
+    assert!(erased.erased);
+    assert_eq!(erased.state.erased_at, Some(T0 + 90 * MILLIS_PER_DAY));
 }

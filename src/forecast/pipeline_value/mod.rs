@@ -90,6 +90,10 @@ pub fn open_deals(
 ) -> Vec<OpenDeal> {
     let mut deals = Vec::new();
     for lead in leads {
+        // An erased lead can no longer be contacted: no deal is left to win.
+        if lead.erased_at.is_some_and(|erased| erased <= at) {
+            continue;
+        }
         // The lead as it stood at `at`, not as it stands now: a scheduled
         // forecast is made after its slot and must not see later events.
         let held = lead.held_at_or_latest(at);

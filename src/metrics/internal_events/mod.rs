@@ -10,6 +10,7 @@
 
 mod api;
 mod dead_letters;
+mod gdpr;
 mod models;
 mod notify;
 mod processor;
@@ -17,6 +18,7 @@ mod store;
 
 pub use api::{ApiRateLimited, ApiRequestAnswered};
 pub use dead_letters::DeadLettered;
+pub use gdpr::{MessageShredded, RetentionErasuresRequested, RetentionSweepFailed};
 pub use models::{DriftChecked, ModelRetrainFailed, ModelRetrained, ModelSwitched};
 pub use notify::{
     AssignedPartitionsObserved, DeliveryDuplicate, MessageHandled, ProviderResponded,

@@ -62,6 +62,10 @@ pub struct BatchCommitted {
     pub events: usize,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events for erased leads, dropped.
+    pub dropped_after_erasure: u64,
+    /// Leads this batch erased.
+    pub erased: usize,
     pub outputs: usize,
     pub duration: Duration,
 }
@@ -72,12 +76,19 @@ impl InternalEvent for BatchCommitted {
             events = self.events,
             applied = self.applied,
             duplicates = self.duplicates,
+            dropped_after_erasure = self.dropped_after_erasure,
+            erased = self.erased,
             outputs = self.outputs,
             ms = self.duration.as_millis() as u64,
             "batch committed"
         );
+        if self.erased > 0 {
+            info!(leads = self.erased, "leads erased");
+        }
         m.events_applied.inc_by(self.applied);
         m.events_duplicate.inc_by(self.duplicates);
+        m.events_dropped_erased.inc_by(self.dropped_after_erasure);
+        m.leads_erased.inc_by(self.erased as u64);
         m.outputs_written.inc_by(self.outputs as u64);
         m.outbox_depth.add(self.outputs as i64);
         m.batch_commit_seconds.observe(self.duration.as_secs_f64());
