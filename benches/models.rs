@@ -398,7 +398,9 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let scoring = ScoringConfig::default();
 
-    println!("| rows | library | ROC AUC | log loss | train s | score µs/row | one thread µs/row |");
+    println!(
+        "| rows | library | ROC AUC | log loss | train s | score µs/row | one thread µs/row |"
+    );
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for rows in sizes {
         // About 75% of simulated leads close within the year.

@@ -1435,8 +1435,7 @@ async fn erased_leads_leave_no_plaintext_and_stay_erased_through_a_replay<
                 );
                 let last = read_topic(&config, &config.topics.scores)
                     .into_iter()
-                    .filter(|m| m.key.as_deref() == Some(lead.as_bytes()))
-                    .last()
+                    .rfind(|m| m.key.as_deref() == Some(lead.as_bytes()))
                     .unwrap_or_else(|| panic!("{label}: no score record for {lead}"));
                 assert!(
                     last.payload.is_none(),

@@ -694,19 +694,38 @@ mod tests {
         // Only a booster without a linear start reads the values directly.
         assert!(booster.linear.is_none());
         let rows = [
-            vec![FeatureValue::Number(0.3), FeatureValue::Category(Some("b".into()))],
-            vec![FeatureValue::Number(-0.9), FeatureValue::Category(Some("a".into()))],
+            vec![
+                FeatureValue::Number(0.3),
+                FeatureValue::Category(Some("b".into())),
+            ],
+            vec![
+                FeatureValue::Number(-0.9),
+                FeatureValue::Category(Some("a".into())),
+            ],
             vec![FeatureValue::Number(f64::NAN), FeatureValue::Category(None)],
-            vec![FeatureValue::Number(f64::INFINITY), FeatureValue::Category(Some("unseen".into()))],
-            vec![FeatureValue::Number(7.0), FeatureValue::Category(Some("c".into()))],
+            vec![
+                FeatureValue::Number(f64::INFINITY),
+                FeatureValue::Category(Some("unseen".into())),
+            ],
+            vec![
+                FeatureValue::Number(7.0),
+                FeatureValue::Category(Some("c".into())),
+            ],
         ];
         let mut distinct = std::collections::BTreeSet::new();
         for row in &rows {
             let encoded = model.encoder.encode(row);
             let direct = model.probability(row);
-            assert_eq!(direct.to_bits(), model.probability_encoded(&encoded).to_bits(), "{row:?}");
+            assert_eq!(
+                direct.to_bits(),
+                model.probability_encoded(&encoded).to_bits(),
+                "{row:?}"
+            );
             distinct.insert(direct.to_bits());
         }
-        assert!(distinct.len() >= 3, "the rows should score apart: {distinct:?}");
+        assert!(
+            distinct.len() >= 3,
+            "the rows should score apart: {distinct:?}"
+        );
     }
 }

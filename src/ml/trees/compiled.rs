@@ -147,7 +147,8 @@ impl CompiledTrees {
             heap_bins.resize(used, 0);
             (&mut heap_numbers, &mut heap_bins)
         };
-        for (i, (&f, &categorical)) in self.used_features.iter().zip(&self.categorical).enumerate() {
+        for (i, (&f, &categorical)) in self.used_features.iter().zip(&self.categorical).enumerate()
+        {
             let v = value_of(f);
             if categorical {
                 // The number stays 0, above a set node's -inf threshold.
@@ -159,12 +160,14 @@ impl CompiledTrees {
         walk_row(Row { numbers, bins })
     }
 
+    // `!(v > t)` is meant: it is also true for NaN (a missing number goes
+    // left), which `v <= t` is not.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     #[inline(always)]
     fn step(&self, at: u32, row: Row<'_>) -> u32 {
         let node = &self.nodes[at as usize];
         let i = node.feature as usize;
-        // `!(v > t)`: also true for a missing number, which goes left. A
-        // number's bin is 0, tested against the empty set.
+        // A number's bin is 0, tested against the empty set.
         let left = (!(row.numbers[i] > node.threshold)) as usize
             | in_set(&self.sets[node.set as usize], row.bins[i]);
         node.children[1 - left]
