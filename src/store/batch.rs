@@ -138,213 +138,224 @@ store_concern! {
         /// nothing. Fails with [`StoreError::Fenced`] if an offset moved meanwhile.
         async fn commit_batch(&self, batch: &BatchWrite<'_>) -> Result<(), StoreError> {
             let mut tx = self.pool.begin().await?;
-            let transitions: Vec<Vec<TransitionRow>> = batch
-                .leads
-                .iter()
-                .map(|w| new_transitions(w.state, w.creation_stored, w.stored_changes))
-                .collect();
-            let mut moved: Vec<&str> = batch
-                .leads
-                .iter()
-                .zip(&transitions)
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(w, _)| w.state.lead_ext_id.as_str())
-                .collect();
-            moved.sort_unstable();
-            moved.dedup();
-            // The stored places, read once per batch: the day counts move
-            // from them, so they stay right whatever wrote the rows before.
-            let mut stored: HashMap<String, FunnelPlace> = HashMap::new();
-            for leads in moved.chunks(FUNNEL_PLACES_PER_READ) {
-                let sql = select_funnel_places(leads.len());
-                let mut query = sqlx::query_as::<_, (String, Option<i64>, i32, bool)>(&sql);
-                for lead in leads {
-                    query = query.bind(*lead);
+            // Rolled back here on any error, before returning: left to the
+            // drop, the rollback waits for the connection's return to the
+            // pool, and a retry on another connection finds SQLite locked.
+            let written: Result<(), StoreError> = async {
+                let transitions: Vec<Vec<TransitionRow>> = batch
+                    .leads
+                    .iter()
+                    .map(|w| new_transitions(w.state, w.creation_stored, w.stored_changes))
+                    .collect();
+                let mut moved: Vec<&str> = batch
+                    .leads
+                    .iter()
+                    .zip(&transitions)
+                    .filter(|(_, rows)| !rows.is_empty())
+                    .map(|(w, _)| w.state.lead_ext_id.as_str())
+                    .collect();
+                moved.sort_unstable();
+                moved.dedup();
+                // The stored places, read once per batch: the day counts move
+                // from them, so they stay right whatever wrote the rows before.
+                let mut stored: HashMap<String, FunnelPlace> = HashMap::new();
+                for leads in moved.chunks(FUNNEL_PLACES_PER_READ) {
+                    let sql = select_funnel_places(leads.len());
+                    let mut query = sqlx::query_as::<_, (String, Option<i64>, i32, bool)>(&sql);
+                    for lead in leads {
+                        query = query.bind(*lead);
+                    }
+                    for (lead, created_at, furthest, lost) in query.fetch_all(&mut *tx).await? {
+                        stored.insert(lead, FunnelPlace { created_at, furthest, lost });
+                    }
                 }
-                for (lead, created_at, furthest, lost) in query.fetch_all(&mut *tx).await? {
-                    stored.insert(lead, FunnelPlace { created_at, furthest, lost });
-                }
-            }
-            let mut places = stored.clone();
-            for (write, transitions) in batch.leads.iter().zip(&transitions) {
-                let lead = write.state;
-                let query = sqlx::query(match write.expect_timer {
-                    None => UPSERT_LEAD,
-                    Some(_) => UPDATE_FIRED_LEAD,
-                })
-                .bind(&lead.lead_ext_id)
-                .bind(encode_state(lead))
-                .bind(&lead.email)
-                .bind(&lead.source)
-                .bind(&lead.owner)
-                .bind(lead.stage.as_str())
-                .bind(lead.stage_entered_at)
-                .bind(lead.score.as_ref().map(|s| s.segment.as_str()))
-                .bind(lead.score.as_ref().map(|s| s.final_score))
-                .bind(lead.created_at)
-                .bind(lead.updated_at)
-                .bind(write.partition)
-                .bind(lead.nurture.timer)
-                .bind(lead.erased_at);
-                let written = match write.expect_timer {
-                    None => query.execute(&mut *tx).await?,
-                    Some(fired) => query.bind(fired).execute(&mut *tx).await?,
-                };
-                if written.rows_affected() != 1 {
-                    return Err(StoreError::TimerTaken {
-                        lead: lead.lead_ext_id.clone(),
-                    });
-                }
-                if !transitions.is_empty() {
-                    let place = places
-                        .entry(lead.lead_ext_id.clone())
-                        .or_insert(FunnelPlace::UNSEEN);
-                    *place = place.merge(FunnelPlace::of_rows(transitions));
-                    sqlx::query(UPSERT_FUNNEL)
-                        .bind(&lead.lead_ext_id)
-                        .bind(place.created_at)
-                        .bind(place.furthest)
-                        .bind(place.lost)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for t in transitions {
-                    sqlx::query(INSERT_TRANSITION)
-                        .bind(&t.lead_ext_id)
-                        .bind(t.seq)
-                        .bind(&t.from_stage)
-                        .bind(&t.to_stage)
-                        .bind(t.at)
-                        .bind(&t.owner)
-                        .bind(&t.source)
-                        .bind(t.value)
-                        .bind(&t.event_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if write.experiments_changed {
-                    for (experiment, m) in &lead.nurture.experiments {
-                        sqlx::query(UPSERT_MEMBERSHIP)
-                            .bind(experiment)
+                let mut places = stored.clone();
+                for (write, transitions) in batch.leads.iter().zip(&transitions) {
+                    let lead = write.state;
+                    let query = sqlx::query(match write.expect_timer {
+                        None => UPSERT_LEAD,
+                        Some(_) => UPDATE_FIRED_LEAD,
+                    })
+                    .bind(&lead.lead_ext_id)
+                    .bind(encode_state(lead))
+                    .bind(&lead.email)
+                    .bind(&lead.source)
+                    .bind(&lead.owner)
+                    .bind(lead.stage.as_str())
+                    .bind(lead.stage_entered_at)
+                    .bind(lead.score.as_ref().map(|s| s.segment.as_str()))
+                    .bind(lead.score.as_ref().map(|s| s.final_score))
+                    .bind(lead.created_at)
+                    .bind(lead.updated_at)
+                    .bind(write.partition)
+                    .bind(lead.nurture.timer)
+                    .bind(lead.erased_at);
+                    let written = match write.expect_timer {
+                        None => query.execute(&mut *tx).await?,
+                        Some(fired) => query.bind(fired).execute(&mut *tx).await?,
+                    };
+                    if written.rows_affected() != 1 {
+                        return Err(StoreError::TimerTaken {
+                            lead: lead.lead_ext_id.clone(),
+                        });
+                    }
+                    if !transitions.is_empty() {
+                        let place = places
+                            .entry(lead.lead_ext_id.clone())
+                            .or_insert(FunnelPlace::UNSEEN);
+                        *place = place.merge(FunnelPlace::of_rows(transitions));
+                        sqlx::query(UPSERT_FUNNEL)
                             .bind(&lead.lead_ext_id)
-                            .bind(&m.variant)
-                            .bind(m.enrolled_at)
-                            .bind(m.replied_at)
-                            .bind(m.converted_at)
+                            .bind(place.created_at)
+                            .bind(place.furthest)
+                            .bind(place.lost)
                             .execute(&mut *tx)
                             .await?;
                     }
+                    for t in transitions {
+                        sqlx::query(INSERT_TRANSITION)
+                            .bind(&t.lead_ext_id)
+                            .bind(t.seq)
+                            .bind(&t.from_stage)
+                            .bind(&t.to_stage)
+                            .bind(t.at)
+                            .bind(&t.owner)
+                            .bind(&t.source)
+                            .bind(t.value)
+                            .bind(&t.event_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    if write.experiments_changed {
+                        for (experiment, m) in &lead.nurture.experiments {
+                            sqlx::query(UPSERT_MEMBERSHIP)
+                                .bind(experiment)
+                                .bind(&lead.lead_ext_id)
+                                .bind(&m.variant)
+                                .bind(m.enrolled_at)
+                                .bind(m.replied_at)
+                                .bind(m.converted_at)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                for offset in &batch.offsets {
+                    let query = sqlx::query(match offset.from {
+                        None => INSERT_OFFSET,
+                        Some(_) => ADVANCE_OFFSET,
+                    })
+                    .bind(batch.consumer_group)
+                    .bind(&offset.topic)
+                    .bind(offset.partition)
+                    .bind(offset.to);
+                    let query = match offset.from {
+                        None => query,
+                        Some(from) => query.bind(from),
+                    };
+                    let written = query.execute(&mut *tx).await?.rows_affected();
+                    if written != 1 {
+                        return Err(StoreError::Fenced {
+                            topic: offset.topic.clone(),
+                            partition: offset.partition,
+                            expected: offset.from,
+                        });
+                    }
+                }
+                for erasure in &batch.erasures {
+                    sqlx::query(DROP_LEAD_OUTBOX)
+                        .bind(erasure.lead_ext_id)
+                        .bind(erasure.outbox_topics[0])
+                        .bind(erasure.outbox_topics[1])
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(FORGET_DELIVERIES)
+                        .bind(erasure.lead_ext_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(super::lead_keys::SHRED_LEAD_KEY)
+                        .bind(erasure.lead_ext_id)
+                        .bind(erasure.at)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(super::gdpr::INSERT_AUDIT)
+                        .bind(super::gdpr::ERASED)
+                        .bind(erasure.lead_ext_id)
+                        .bind(erasure.at)
+                        .bind("processor")
+                        .bind(None::<String>)
+                        .bind(erasure.event_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for lead in &batch.revived {
+                    sqlx::query(super::lead_keys::FORGET_SHREDDED_KEY)
+                        .bind(*lead)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let mut made_before = std::collections::HashSet::new();
+                for record in &batch.forecasts {
+                    let written = sqlx::query(INSERT_FORECAST)
+                        .bind(&record.forecast_id)
+                        .bind(&record.kind)
+                        .bind(record.generated_at)
+                        .bind(record.horizon_days)
+                        .bind(record.confidence)
+                        .bind(&record.model_version)
+                        .bind(record.leads_counted)
+                        .bind(&record.event)
+                        .bind(&record.detail)
+                        .bind(record.scheduled)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if written == 0 {
+                        made_before.insert(record.forecast_id.as_str());
+                    }
+                }
+                for row in batch.outbox.iter().filter(|r| !made_before.contains(r.output_id.as_str())) {
+                    sqlx::query(INSERT_OUTBOX)
+                        .bind(&row.output_id)
+                        .bind(&row.topic)
+                        .bind(&row.key)
+                        .bind(&row.payload)
+                        .bind(row.source_partition)
+                        .bind(row.created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                // Last, in bucket order: the only rows batches of different
+                // partitions share, locked briefly and in one order.
+                for ((day, furthest, lost), change) in bucket_changes(&stored, &places) {
+                    sqlx::query(ADD_TO_FUNNEL_DAY)
+                        .bind(day)
+                        .bind(furthest)
+                        .bind(lost)
+                        .bind(change)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for row in &batch.analytics {
+                    sqlx::query(INSERT_ANALYTICS)
+                        .bind(row.day)
+                        .bind(&row.metric)
+                        .bind(&row.dimension)
+                        .bind(&row.dimension_value)
+                        .bind(row.value)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Ok(())
+            }
+            .await;
+            match written {
+                Ok(()) => Ok(tx.commit().await?),
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
                 }
             }
-            for offset in &batch.offsets {
-                let query = sqlx::query(match offset.from {
-                    None => INSERT_OFFSET,
-                    Some(_) => ADVANCE_OFFSET,
-                })
-                .bind(batch.consumer_group)
-                .bind(&offset.topic)
-                .bind(offset.partition)
-                .bind(offset.to);
-                let query = match offset.from {
-                    None => query,
-                    Some(from) => query.bind(from),
-                };
-                let written = query.execute(&mut *tx).await?.rows_affected();
-                if written != 1 {
-                    // Dropping the transaction rolls it back.
-                    return Err(StoreError::Fenced {
-                        topic: offset.topic.clone(),
-                        partition: offset.partition,
-                        expected: offset.from,
-                    });
-                }
-            }
-            for erasure in &batch.erasures {
-                sqlx::query(DROP_LEAD_OUTBOX)
-                    .bind(erasure.lead_ext_id)
-                    .bind(erasure.outbox_topics[0])
-                    .bind(erasure.outbox_topics[1])
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(FORGET_DELIVERIES)
-                    .bind(erasure.lead_ext_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(super::lead_keys::SHRED_LEAD_KEY)
-                    .bind(erasure.lead_ext_id)
-                    .bind(erasure.at)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(super::gdpr::INSERT_AUDIT)
-                    .bind(super::gdpr::ERASED)
-                    .bind(erasure.lead_ext_id)
-                    .bind(erasure.at)
-                    .bind("processor")
-                    .bind(None::<String>)
-                    .bind(erasure.event_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for lead in &batch.revived {
-                sqlx::query(super::lead_keys::FORGET_SHREDDED_KEY)
-                    .bind(*lead)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let mut made_before = std::collections::HashSet::new();
-            for record in &batch.forecasts {
-                let written = sqlx::query(INSERT_FORECAST)
-                    .bind(&record.forecast_id)
-                    .bind(&record.kind)
-                    .bind(record.generated_at)
-                    .bind(record.horizon_days)
-                    .bind(record.confidence)
-                    .bind(&record.model_version)
-                    .bind(record.leads_counted)
-                    .bind(&record.event)
-                    .bind(&record.detail)
-                    .bind(record.scheduled)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if written == 0 {
-                    made_before.insert(record.forecast_id.as_str());
-                }
-            }
-            for row in batch.outbox.iter().filter(|r| !made_before.contains(r.output_id.as_str())) {
-                sqlx::query(INSERT_OUTBOX)
-                    .bind(&row.output_id)
-                    .bind(&row.topic)
-                    .bind(&row.key)
-                    .bind(&row.payload)
-                    .bind(row.source_partition)
-                    .bind(row.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            // Last, in bucket order: the only rows batches of different
-            // partitions share, locked briefly and in one order.
-            for ((day, furthest, lost), change) in bucket_changes(&stored, &places) {
-                sqlx::query(ADD_TO_FUNNEL_DAY)
-                    .bind(day)
-                    .bind(furthest)
-                    .bind(lost)
-                    .bind(change)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for row in &batch.analytics {
-                sqlx::query(INSERT_ANALYTICS)
-                    .bind(row.day)
-                    .bind(&row.metric)
-                    .bind(&row.dimension)
-                    .bind(&row.dimension_value)
-                    .bind(row.value)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
         }
     }
 }
