@@ -465,3 +465,38 @@ fn run_from_file_replays_a_stream_and_writes_outputs() {
     assert!(!ok);
     assert!(text.contains("stream.jsonl:1"), "{text}");
 }
+
+#[test]
+fn encryption_needs_a_master_key_of_32_bytes_which_the_environment_can_give() {
+    let on = "[gdpr.encryption]\nenabled = true\n";
+    let missing = error(on, &[]);
+    assert!(missing.contains("gdpr.encryption.master_key"), "{missing}");
+    let short = error(
+        on,
+        &[("LEADFLOW__GDPR__ENCRYPTION__MASTER_KEY", "c2hvcnQ=")],
+    );
+    assert!(
+        short.contains("gdpr.encryption.master_key") && short.contains("5 bytes"),
+        "{short}"
+    );
+    let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let retired = error(
+        &format!("{on}retired_master_keys = [\"{key}\", \"nope!\"]\n"),
+        &[("LEADFLOW__GDPR__ENCRYPTION__MASTER_KEY", key)],
+    );
+    assert!(
+        retired.contains("gdpr.encryption.retired_master_keys[1]"),
+        "{retired}"
+    );
+    let config = load(on, &[("LEADFLOW__GDPR__ENCRYPTION__MASTER_KEY", key)]).unwrap();
+    assert!(config.gdpr.encryption.master_keys().is_some());
+    // Retention with no interval to look at.
+    let retention = error(
+        "[gdpr]\ninactive_retention_days = 30\nretention_check_interval_s = 0\n",
+        &[],
+    );
+    assert!(
+        retention.contains("gdpr.retention_check_interval_s"),
+        "{retention}"
+    );
+}

@@ -1120,6 +1120,21 @@ async fn hostile_messages_never_stall_or_crash_the_worker<S: LeadStore + 'static
 
 backend_tests!(hostile_messages_never_stall_or_crash_the_worker);
 
+/// `text` with every encrypted field (`enc:v1:` and its base64) cut out:
+/// a short name could turn up in base64 by chance, and what is encrypted is
+/// checked on its own (its key is gone).
+fn without_ciphertext(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("enc:v1:") {
+        out.push_str(&rest[..at]);
+        rest = rest[at + "enc:v1:".len()..]
+            .trim_start_matches(|c: char| c.is_ascii_alphanumeric() || "+/=".contains(c));
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Crypto-shredding end to end: with `gdpr.encryption` on, the messages on
 /// the topic carry no address or name, the worker sends the plain ones to
 /// the provider, and once a lead is erased its message already on the topic
@@ -1179,14 +1194,13 @@ async fn encrypted_messages_are_sent_in_clear_and_shredded_by_erasure<S: LeadSto
     let raw = read_topic(&config, &config.topics.outbound);
     assert!(raw.len() >= 2, "{} messages", raw.len());
     for m in &raw {
-        let bytes = m.payload.as_deref().unwrap();
+        let text = without_ciphertext(&String::from_utf8_lossy(m.payload.as_deref().unwrap()));
+        assert!(
+            text.contains("ENC-"),
+            "the lead's id stays readable: {text}"
+        );
         for personal in ["kept@example.com", "gone@example.com", "Noa"] {
-            assert!(
-                !bytes
-                    .windows(personal.len())
-                    .any(|w| w == personal.as_bytes()),
-                "{personal} readable on the topic"
-            );
+            assert!(!text.contains(personal), "{personal} readable on the topic");
         }
     }
     let published = published_messages(&config).await;
@@ -1410,7 +1424,8 @@ async fn erased_leads_leave_no_plaintext_and_stay_erased_through_a_replay<
         ] {
             for m in read_topic(config, topic) {
                 let bytes = m.payload.unwrap_or_default();
-                texts.push((topic.clone(), String::from_utf8_lossy(&bytes).into_owned()));
+                let text = String::from_utf8_lossy(&bytes);
+                texts.push((topic.clone(), without_ciphertext(&text)));
             }
         }
         texts

@@ -251,21 +251,13 @@ mod tests {
             decrypt_message(&sealed, None),
             Err(ShreddingError::KeyErased)
         );
+        // One bit of the ciphertext flipped: the tag no longer matches.
         let mut tampered = sealed.clone();
-        let body = tampered.to.split_off(10);
-        let flipped: String = body
-            .chars()
-            .map(|c| {
-                if c == 'A' {
-                    'B'
-                } else if c == 'B' {
-                    'A'
-                } else {
-                    c
-                }
-            })
-            .collect();
-        tampered.to.push_str(&flipped);
+        let mut bytes = BASE64
+            .decode(tampered.to.strip_prefix(FIELD_PREFIX).unwrap())
+            .unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        tampered.to = format!("{FIELD_PREFIX}{}", BASE64.encode(bytes));
         assert_ne!(tampered.to, sealed.to);
         assert!(decrypt_message(&tampered, Some(&key)).is_err());
         // A message published with encryption off passes through.
