@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::env_or;
 use leadflow::codec::Codec;
 use leadflow::config::Config;
 use leadflow::events::{InputEvent, LeadEventKind};
@@ -206,17 +209,10 @@ fn report(store: &str, latencies: &mut [f64]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let measuring = std::env::args().any(|a| a == "--bench");
-    let env = |name: &str, default: u64, smoke: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if measuring { default } else { smoke })
-    };
     let size = Size {
-        rate: env("BENCH_GDPR_RATE", 10_000, 500) as u32,
-        seconds: env("BENCH_GDPR_SECONDS", 30, 4) as u32,
-        erasures: env("BENCH_GDPR_ERASURES", 40, 3) as usize,
+        rate: env_or("BENCH_GDPR_RATE", 10_000, 500),
+        seconds: env_or("BENCH_GDPR_SECONDS", 30, 4),
+        erasures: env_or("BENCH_GDPR_ERASURES", 40, 3),
     };
     println!(
         "erasure latency, request accepted -> tombstone on lead-scores, {} erasures over {} s of background at {} events/s (goal: p99 under 5 s)",
